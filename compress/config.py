@@ -1,0 +1,173 @@
+"""Strict parsing of plain data (from YAML) into frozen dataclasses.
+
+Every config in ``compress`` is a frozen dataclass deriving from :class:`Config`. :func:`parse` checks keys and
+types against the dataclass' annotations and then calls each config's :meth:`Config.validate`, so a bad value
+fails with ``path.to.field: expected ..., got ...`` before anything runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+__all__ = ["Config", "parse", "check", "to_plain"]
+
+T = TypeVar("T", bound="Config")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of all configs: a frozen dataclass that validates itself after parsing.
+
+    Subclasses override :meth:`validate` and call :func:`check` for value constraints.
+    """
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` (field relative to this config) when a value is out of range."""
+
+    @classmethod
+    def from_dict(cls: type[T], data: Any, *, file: str | None = None, path: str = "") -> T:
+        return parse(cls, data, file=file, path=path)
+
+
+def check(condition: bool, field: str, expected: str, got: Any) -> None:
+    """Raise ``ConfigError(field, expected, got)`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(field, expected, got)
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        args = get_args(tp)
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _got(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return f"<{type(value).__name__}>"
+    return value
+
+
+def _convert(tp: Any, value: Any, path: str, file: str | None) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(path, "null", _got(value), file=file)
+    if origin in (Union, types.UnionType):
+        last: ConfigError | None = None
+        for arg in get_args(tp):
+            try:
+                return _convert(arg, value, path, file)
+            except ConfigError as err:
+                last = err
+        if last is not None and last.field != path:
+            raise last  # the value had the right shape but a nested field was wrong
+        raise ConfigError(path, _describe(tp), _got(value), file=file)
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in get_args(tp)):
+            return value
+        raise ConfigError(path, _describe(tp), _got(value), file=file)
+    if dataclasses.is_dataclass(tp):
+        return parse(tp, value, file=file, path=path)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, _describe(tp), _got(value), file=file)
+        args = get_args(tp)
+        item = args[0] if args else Any
+        items = [_convert(item, v, _join(path, i), file) for i, v in enumerate(value)]
+        return tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, "a mapping", _got(value), file=file)
+        key_t, val_t = get_args(tp) or (Any, Any)
+        return {_convert(key_t, k, path, file): _convert(val_t, v, _join(path, str(k)), file) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ConfigError(path, "a finite number", value, file=file)
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config annotation {tp!r} at {path}")
+    raise ConfigError(path, _describe(tp), _got(value), file=file)
+
+
+def parse(cls: type[T], data: Any, *, file: str | None = None, path: str = "") -> T:
+    """Build ``cls`` from a mapping, strictly.
+
+    Args:
+        cls: a dataclass (usually a :class:`Config`).
+        data: the mapping read from YAML (``None`` means empty).
+        file: the file name used in error messages.
+        path: dotted path of ``data`` inside the file, used in error messages.
+
+    Raises:
+        ConfigError: unknown key, missing required key, wrong type, or a failed :meth:`Config.validate`.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path or "<top>", _describe(cls), _got(data), file=file)
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(_join(path, str(unknown[0])), "one of the keys " + ", ".join(fields), "an unknown key",
+                          file=file)
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], _join(path, name), file)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(path, name), f"a value ({_describe(hints[name])})", "nothing (missing)",
+                              file=file)
+    obj = cls(**kwargs)
+    if isinstance(obj, Config):
+        try:
+            obj.validate()
+        except ConfigError as err:
+            raise err.located(file, path) from None
+    return obj
+
+
+def to_plain(obj: Any) -> Any:
+    """Turn a config (dataclasses, tuples) back into YAML/JSON-friendly data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    return obj

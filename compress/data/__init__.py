@@ -1,0 +1,103 @@
+"""Data: named sources split into train / val / test / calib loaders.
+
+``val`` is held out of the training split (early stopping, never the test set); ``calib`` is a fixed slice of
+the held-in training images without augmentation (analysis, BatchNorm re-calibration, Taylor importance).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..errors import CompressError
+from .config import SOURCES, DataConfig
+from .idx import read_idx
+from .sources import load_source
+
+__all__ = ["DataBundle", "DataConfig", "build_data", "read_idx", "SOURCES"]
+
+
+@dataclass
+class DataBundle:
+    """The loaders a run uses, and facts about them.
+
+    Attributes:
+        train / val / test / calib: DataLoaders yielding ``(images (B, C, H, W) float32, labels (B,) int64)``;
+            ``val`` may be ``None`` when ``val_size`` is 0.
+        num_classes: number of classes.
+        input_shape: ``(C, H, W)`` of one image.
+        source: the recipe's source name; ``synthetic`` is True for random data (reports say so).
+        sizes: number of images per split.
+    """
+
+    train: DataLoader
+    val: DataLoader | None
+    test: DataLoader
+    calib: DataLoader
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    source: str
+    synthetic: bool
+    sizes: dict[str, int]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly summary for reports."""
+        return {"source": self.source, "synthetic": self.synthetic, "num_classes": self.num_classes,
+                "input_shape": list(self.input_shape), "sizes": dict(self.sizes)}
+
+
+def _check_nonempty(dataset: Dataset, what: str) -> None:
+    if len(dataset) == 0:
+        raise CompressError(f"data: the {what} split is empty (check data.root and the *_subset options)")
+
+
+def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
+    """Load ``cfg.source`` and build the four loaders.
+
+    Args:
+        cfg: the recipe's data section.
+        seed: seeds the training loader's shuffling generator (the training loop re-seeds it per epoch).
+
+    Raises:
+        CompressError: data missing, empty or inconsistent.
+    """
+    train_full, test, num_classes = load_source(cfg, seed=seed)
+    _check_nonempty(train_full, "train")
+    _check_nonempty(test, "test")
+    n = len(train_full)
+    val_size = min(cfg.val_size, n // 5) if n > 1 else 0
+    train = Subset(train_full, range(n - val_size)) if val_size else train_full
+    val = Subset(_without_augmentation(train_full), range(n - val_size, n)) if val_size else None
+    calib_n = min(cfg.calib_size, n - val_size)
+    calib = Subset(_without_augmentation(train_full), range(calib_n))
+    x0, _ = test[0]
+    loader_args = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
+    train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train) > cfg.batch_size,
+                              generator=torch.Generator().manual_seed(seed), **loader_args)
+
+    def eval_loader(ds: Dataset) -> DataLoader:
+        return DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, **loader_args)
+
+    calib_loader = DataLoader(calib, batch_size=min(cfg.batch_size, calib_n), shuffle=False, **loader_args)
+    return DataBundle(
+        train=train_loader,
+        val=eval_loader(val) if val is not None else None,
+        test=eval_loader(test),
+        calib=calib_loader,
+        num_classes=num_classes,
+        input_shape=tuple(x0.shape),
+        source=cfg.source,
+        synthetic=cfg.source == "synthetic",
+        sizes={"train": len(train), "val": val_size, "test": len(test), "calib": calib_n},
+    )
+
+
+def _without_augmentation(dataset: Dataset) -> Dataset:
+    """A view of ``dataset`` with augmentation off (val/calib must be deterministic)."""
+    from .tensors import TensorImages
+
+    if isinstance(dataset, TensorImages) and dataset.augment:
+        return TensorImages(dataset.images, dataset.labels, channels=dataset.channels, augment=False)
+    return dataset

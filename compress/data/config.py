@@ -1,0 +1,65 @@
+"""The recipe's ``data:`` section."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import Config, check
+
+__all__ = ["DataConfig", "SOURCES"]
+
+SOURCES = ("fashion-mnist", "imagefolder", "cifar10", "synthetic")
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    """Where the images come from and how they are prepared.
+
+    Attributes:
+        source: one of ``fashion-mnist``, ``imagefolder``, ``cifar10``, ``synthetic``.
+        root: data directory (fashion-mnist: the IDX files; imagefolder: has ``train/`` and ``val/`` or
+            ``test/``; cifar10: torchvision's ``cifar-10-batches-py`` parent). Default for fashion-mnist:
+            ``$COMPRESS_DATA`` then ``/usr/share/datasets/fashion-mnist``.
+        resize: square side to resize to (``None`` keeps the native size).
+        channels: replicate grey images to 3 channels (``3``) or keep them (``None``/``1``).
+        normalize: standardise with the dataset's mean/std.
+        augment: random crop (pad 2 / 4) and horizontal flip on the training split.
+        batch_size / eval_batch_size: loader batch sizes.
+        train_subset / test_subset: use only the first N images (smoke runs); ``None`` = all.
+        val_size: images held out of the training split for early stopping / validation.
+        calib_size: training images (from the held-in part) used for analysis and BN calibration.
+        image_size / num_classes / synthetic_size: shape of the ``synthetic`` source.
+        workers: DataLoader worker processes.
+    """
+
+    source: Literal["fashion-mnist", "imagefolder", "cifar10", "synthetic"] = "fashion-mnist"
+    root: str | None = None
+    resize: int | None = None
+    channels: int | None = None
+    normalize: bool = True
+    augment: bool = False
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    train_subset: int | None = None
+    test_subset: int | None = None
+    val_size: int = 5000
+    calib_size: int = 1024
+    image_size: int = 32
+    num_classes: int = 10
+    synthetic_size: int = 512
+    workers: int = 0
+
+    def validate(self) -> None:
+        check(self.resize is None or 8 <= self.resize <= 1024, "resize", "an integer in 8..1024 or null", self.resize)
+        check(self.channels in (None, 1, 3), "channels", "1, 3 or null", self.channels)
+        check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        check(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, name, "an integer >= 1 or null", value)
+        check(self.val_size >= 0, "val_size", "an integer >= 0", self.val_size)
+        check(self.calib_size >= 1, "calib_size", "an integer >= 1", self.calib_size)
+        check(4 <= self.image_size <= 1024, "image_size", "an integer in 4..1024", self.image_size)
+        check(self.num_classes >= 2, "num_classes", "an integer >= 2", self.num_classes)
+        check(self.synthetic_size >= 2, "synthetic_size", "an integer >= 2", self.synthetic_size)
+        check(self.workers >= 0, "workers", "an integer >= 0", self.workers)

@@ -1,0 +1,139 @@
+"""Models: build from a spec string, adapt to small inputs, load user checkpoints with clear errors."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import CompressError
+from .config import ModelConfig
+from .small import small_mobilenet_v2, small_resnet
+
+__all__ = ["ModelConfig", "build_model", "load_checkpoint", "small_resnet", "small_mobilenet_v2", "BUILTINS"]
+
+BUILTINS: dict[str, Callable[..., nn.Module]] = {
+    "small_resnet": small_resnet,
+    "small_mobilenet_v2": small_mobilenet_v2,
+}
+
+
+def _factory(name: str) -> Callable[..., nn.Module]:
+    kind, _, ident = name.partition(":")
+    if kind == "compress":
+        if ident not in BUILTINS:
+            raise CompressError(f"model.name: unknown built-in {ident!r}; expected one of {sorted(BUILTINS)}")
+        return BUILTINS[ident]
+    if kind == "torchvision":
+        import torchvision
+
+        if ident not in torchvision.models.list_models():
+            raise CompressError(f"model.name: torchvision has no model {ident!r} "
+                                "(see torchvision.models.list_models())")
+        return lambda **kw: torchvision.models.get_model(ident, weights=None, **kw)
+    if kind == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise CompressError("model.name: timm models need the optional package timm (pip install timm)") from None
+        return lambda **kw: timm.create_model(ident, pretrained=False, **kw)
+    try:
+        module = importlib.import_module(kind)
+        return getattr(module, ident)
+    except (ImportError, AttributeError) as err:
+        raise CompressError(f"model.name: cannot import factory {name!r} ({err}); expected "
+                            "'package.module:function' importable from the current directory or PYTHONPATH") from None
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    raise CompressError("model: no Conv2d layer found; compress works on convolutional networks")
+
+
+def _adapt_stem(model: nn.Module, *, small_input: bool, in_channels: int | None) -> None:
+    name, conv = _first_conv(model)
+    if small_input:
+        # 28–32 px images lose all resolution to a 7x7/2 stem plus max-pool; keep it at full size.
+        kernel = 3 if conv.kernel_size[0] > 3 else conv.kernel_size[0]
+        new = nn.Conv2d(in_channels or conv.in_channels, conv.out_channels, kernel, stride=1, padding=kernel // 2,
+                        bias=conv.bias is not None)
+        model.set_submodule(name, new)
+        if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+            model.maxpool = nn.Identity()
+    elif in_channels is not None and in_channels != conv.in_channels:
+        new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                        dilation=conv.dilation, groups=1, bias=conv.bias is not None)
+        model.set_submodule(name, new)
+
+
+def build_model(spec: ModelConfig | Mapping[str, Any]) -> nn.Module:
+    """Build the architecture described by ``spec`` (random weights; see :func:`load_checkpoint`).
+
+    Args:
+        spec: a :class:`ModelConfig` or its :meth:`ModelConfig.spec` dict.
+    """
+    if not isinstance(spec, ModelConfig):
+        spec = ModelConfig(**{k: v for k, v in dict(spec).items() if k != "checkpoint"})
+    try:
+        model = _factory(spec.name)(**spec.kwargs)
+    except TypeError as err:
+        raise CompressError(f"model.kwargs: {spec.name} rejected the arguments {dict(spec.kwargs)} ({err})") from None
+    if not isinstance(model, nn.Module):
+        raise CompressError(f"model.name: {spec.name} returned {type(model).__name__}, expected a torch.nn.Module")
+    _adapt_stem(model, small_input=spec.small_input, in_channels=spec.in_channels)
+    return model
+
+
+def _read_checkpoint(path: Path) -> Any:
+    if not path.is_file():
+        raise CompressError(f"model.checkpoint: {path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err_safe:  # noqa: BLE001 - torch raises many kinds for bad files
+        try:  # whole pickled modules need weights_only=False; only for files the user chose to load
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001
+            raise CompressError(f"model.checkpoint: {path}: not a readable PyTorch checkpoint "
+                                f"(truncated or corrupted? {type(err).__name__}: {err}; "
+                                f"safe load said: {type(err_safe).__name__})") from None
+
+
+def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                return dict(obj[key])
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {k.removeprefix("module."): v for k, v in obj.items()}
+    raise CompressError(f"model.checkpoint: {path}: expected a state_dict (name -> tensor) or a whole nn.Module, "
+                        f"got {type(obj).__name__}")
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights from ``path`` into ``model`` strictly; the file is only read, never modified.
+
+    Raises:
+        CompressError: unreadable file, missing/unexpected keys or shape mismatches (all listed).
+    """
+    path = Path(path)
+    state = _extract_state_dict(_read_checkpoint(path), path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"model.checkpoint: {path} does not fit the model (another architecture or class count?)"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
+                lines.append(f"  {title}: {shown}")
+        raise CompressError("\n".join(lines))
+    model.load_state_dict(state)
+    return model

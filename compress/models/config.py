@@ -1,0 +1,40 @@
+"""The recipe's ``model:`` section."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config, check
+
+__all__ = ["ModelConfig"]
+
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
+    """Which model to build and which weights to load.
+
+    Attributes:
+        name: ``torchvision:NAME``, ``timm:NAME`` (when timm is installed), ``compress:NAME`` (built-ins:
+            ``small_resnet``, ``small_mobilenet_v2``) or ``package.module:factory`` for user code.
+        kwargs: keyword arguments for the factory (e.g. ``num_classes``).
+        small_input: adapt a torchvision model's stem to 28–32 px images (3x3 stride-1 first conv, no max-pool).
+        in_channels: replace the first conv so the model takes this many input channels (``None`` keeps it).
+        checkpoint: a ``state_dict`` or whole-module file with trained weights (read-only: never overwritten).
+    """
+
+    name: str = "compress:small_resnet"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    small_input: bool = False
+    in_channels: int | None = None
+    checkpoint: str | None = None
+
+    def validate(self) -> None:
+        check(":" in self.name and all(self.name.split(":", 1)), "name",
+              "'torchvision:NAME', 'timm:NAME', 'compress:NAME' or 'package.module:factory'", self.name)
+        check(self.in_channels is None or self.in_channels >= 1, "in_channels", "an integer >= 1 or null",
+              self.in_channels)
+
+    def spec(self) -> dict[str, Any]:
+        """The architecture part (no checkpoint) — what :func:`compress.models.build_model` needs."""
+        return {"name": self.name, "kwargs": dict(self.kwargs), "small_input": self.small_input,
+                "in_channels": self.in_channels}

@@ -1,0 +1,184 @@
+"""Executes a parsed recipe step by step, with per-step state so a killed run can resume."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .baseline import obtain_baseline
+from .config import to_plain
+from .context import RunContext, StepRecord
+from .data import build_data
+from .env import environment, resolve_device, seed_everything
+from .errors import CompressError
+from .io import atomic_write_json, atomic_write_text
+from .outdir import OutDirLock, prepare_out_dir
+from .recipe.registry import get_step
+from .recipe.schema import Recipe, load_recipe
+
+__all__ = ["run_recipe", "PROGRESS_FILE"]
+
+PROGRESS_FILE = "progress.json"  # inside OUT/state: completed steps and their records
+
+
+def _state_dir(out: Path) -> Path:
+    return out / "state"
+
+
+def _save_progress(ctx: RunContext, completed: int) -> None:
+    """After step ``completed`` (-1: baseline only): the model so far, the records, the analysis location."""
+    from .serialization import save
+
+    state = _state_dir(ctx.out_dir)
+    save(ctx.model, state / "model.pt", spec=ctx.recipe.model.spec())
+    atomic_write_json(state / PROGRESS_FILE, {
+        "completed": completed,
+        "records": [asdict(r) for r in ctx.records],
+        "analysis": str(ctx.out_dir / "analysis") if ctx.analysis is not None else None,
+        "recipe": to_plain(ctx.recipe),
+    })
+
+
+def _load_progress(ctx: RunContext) -> int:
+    """Restore the model, records and analysis of a killed run; return the index of the last completed step."""
+    from .serialization import load
+
+    state = _state_dir(ctx.out_dir)
+    progress_path = state / PROGRESS_FILE
+    if not progress_path.is_file():
+        return -2  # killed before the baseline was recorded: start over (baseline is cached)
+    progress = json.loads(progress_path.read_text())
+    if progress["recipe"] != to_plain(ctx.recipe):
+        raise CompressError(f"--resume {ctx.out_dir}: the recipe differs from the one this run started with "
+                            f"(saved in {ctx.out_dir / 'recipe.yaml'}); resume with that recipe")
+    ctx.model = load(state / "model.pt").to(ctx.device)
+    ctx.records = [StepRecord(**r) for r in progress["records"]]
+    if progress.get("analysis"):
+        from .analysis import load_analysis
+
+        ctx.analysis = load_analysis(progress["analysis"])
+    return int(progress["completed"])
+
+
+def _build_context(recipe: Recipe, recipe_name: str | None, out: Path, device: torch.device, rank: int,
+                   world: int, verbose: bool) -> RunContext:
+    from .training.distributed import distributed_loader
+
+    data = build_data(recipe.data, seed=recipe.seed)
+    if world > 1:
+        data.train = distributed_loader(data.train, shuffle=True, seed=recipe.seed)
+    baseline, origin = obtain_baseline(recipe.model, recipe.data, recipe.baseline.train, data, device=device,
+                                       seed=recipe.seed, cache=recipe.baseline.cache,
+                                       cache_dir=recipe.baseline.cache_dir, verbose=verbose and rank == 0)
+    for p in baseline.parameters():
+        p.requires_grad_(False)
+    model = copy.deepcopy(baseline)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    example = torch.zeros(1, *data.input_shape, device=device)
+    ctx = RunContext(out_dir=out, device=device, seed=recipe.seed, model=model, baseline=baseline, data=data,
+                     example_inputs=example, recipe=recipe, recipe_file=recipe_name, rank=rank, world_size=world,
+                     environment=environment(seed=recipe.seed, device=device))
+    ctx.environment["world_size"] = world
+    ctx.state["baseline_origin"] = origin
+    return ctx
+
+
+def _run_steps(ctx: RunContext, start: int, verbose: bool) -> None:
+    from .training.distributed import barrier
+
+    for index in range(start, len(ctx.recipe.steps)):
+        entry = ctx.recipe.steps[index]
+        ctx.step_index = index
+        spec = get_step(entry.name)
+        if verbose and ctx.is_main:
+            print(f"[{index + 1}/{len(ctx.recipe.steps)}] {entry.name}", flush=True)
+        seed_everything(ctx.seed + 1000 * (index + 1))
+        began = time.perf_counter()
+        details = spec.handler(ctx, entry.config) or {}
+        seconds = time.perf_counter() - began
+        ctx.state["resume"] = False
+        if entry.name != "report":
+            rec = ctx.record(entry.name, details, seconds=seconds)
+            if verbose and ctx.is_main:
+                m = rec.metrics
+                print(f"    top1 {m.get('top1', float('nan')):.4f}  params {m.get('params')}  macs {m.get('macs')}"
+                      f"  ({seconds:.1f}s)", flush=True)
+        if ctx.is_main:
+            _save_progress(ctx, index)
+        barrier()
+
+
+def run_recipe(*, recipe_path: str | None = None, out: str | None = None, device: str | None = None,
+               overrides: list[str] | tuple[str, ...] = (), force: bool = False, resume: bool = False,
+               verbose: bool = True) -> RunContext:
+    """Run a recipe end to end and return the final context (model, records, analysis).
+
+    Args:
+        recipe_path: YAML file, or ``None`` for the embedded default recipe.
+        out: output directory (default: the recipe's ``out``).
+        device: overrides the recipe's device (``auto``, ``cpu``, ``cuda``...).
+        overrides: ``a.b=value`` strings applied to the recipe before validation.
+        force: replace an existing output directory.
+        resume: continue the run in ``out``.
+    """
+    from .serialization import save
+    from .training.distributed import barrier, init_distributed
+
+    recipe = load_recipe(recipe_path, overrides=list(overrides))
+    if device:
+        recipe = _with_device(recipe, device)
+    rank, world, local_rank = init_distributed()
+    out_dir = Path(out or recipe.out)
+    dev = resolve_device(recipe.device, local_rank=local_rank)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    lock = OutDirLock(out_dir)
+    if rank == 0:
+        prepare_out_dir(out_dir, force=force, resume=resume, protected=(recipe.model.checkpoint or "",))
+        lock.acquire()
+    barrier()
+    try:
+        seed_everything(recipe.seed)
+        ctx = _build_context(recipe, recipe_path, out_dir, dev, rank, world, verbose)
+        start = 0
+        if resume:
+            start = _load_progress(ctx) + 1
+            ctx.state["resume"] = True
+            if verbose and rank == 0:
+                print(f"resuming {out_dir} at step {max(start, 0) + 1}/{len(recipe.steps)}", flush=True)
+            start = max(start, 0)
+        if not ctx.records:
+            ctx.records.append(StepRecord("baseline", "baseline", ctx.measure(ctx.baseline),
+                                          {"origin": ctx.state["baseline_origin"]}))
+            if rank == 0:
+                atomic_write_text(out_dir / "recipe.yaml", yaml.safe_dump(to_plain(recipe), sort_keys=False))
+                save(ctx.baseline, out_dir / "baseline.pt", spec=recipe.model.spec())
+                _save_progress(ctx, -1)
+        _run_steps(ctx, start, verbose)
+        if rank == 0:
+            save(ctx.model, out_dir / "model.pt", spec=recipe.model.spec())
+            atomic_write_json(out_dir / "run.json", {"environment": ctx.environment, "data": ctx.data.describe(),
+                                                     "baseline": ctx.state["baseline_origin"],
+                                                     "steps": [asdict(r) for r in ctx.records]})
+        return ctx
+    finally:
+        lock.release()
+
+
+def _with_device(recipe: Recipe, device: str) -> Recipe:
+    """The recipe with ``device`` replaced (validated like the recipe field)."""
+    from dataclasses import replace
+
+    new = replace(recipe, device=device)
+    try:
+        new.validate()
+    except CompressError as err:
+        raise CompressError(f"--device: {err}") from None
+    return new

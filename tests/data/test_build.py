@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.data import DataConfig, build_data
+from compress.data.sources import DEBIAN_FASHION_MNIST
+from compress.errors import CompressError
+
+HAVE_FMNIST = Path(DEBIAN_FASHION_MNIST, "t10k-labels-idx1-ubyte.gz").is_file()
+
+
+def test_synthetic_splits_and_shapes():
+    data = build_data(DataConfig(source="synthetic", synthetic_size=200, val_size=20, calib_size=30,
+                                 batch_size=16, image_size=12, channels=3), seed=1)
+    assert data.synthetic and data.num_classes == 10
+    assert data.input_shape == (3, 12, 12)
+    assert data.sizes == {"train": 180, "val": 20, "test": 50, "calib": 30}
+    x, y = next(iter(data.train))
+    assert x.shape == (16, 3, 12, 12) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_synthetic_is_seeded():
+    a = build_data(DataConfig(source="synthetic", synthetic_size=40, val_size=0), seed=3)
+    b = build_data(DataConfig(source="synthetic", synthetic_size=40, val_size=0), seed=3)
+    assert torch.equal(a.test.dataset.images, b.test.dataset.images)
+
+
+def test_missing_fashion_mnist_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESS_DATA", str(tmp_path / "nowhere"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CompressError, match="dataset-fashion-mnist"):
+        build_data(DataConfig(root=str(empty)))
+
+
+def test_missing_imagefolder_layout(tmp_path):
+    with pytest.raises(CompressError, match="train/ and val/"):
+        build_data(DataConfig(source="imagefolder", root=str(tmp_path)))
+
+
+def test_imagefolder_reads_class_folders(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 24), color=(i * 40, 10, 200)).save(tmp_path / split / cls / f"{i}.png")
+    data = build_data(DataConfig(source="imagefolder", root=str(tmp_path), resize=16, val_size=0, batch_size=4))
+    assert data.num_classes == 2 and data.input_shape == (3, 16, 16)
+    x, y = next(iter(data.test))
+    assert x.shape == (6, 3, 16, 16)  # the whole val/ split in one eval batch
+
+
+def test_cifar10_missing_is_clear(tmp_path):
+    with pytest.raises(CompressError, match="CIFAR-10 not found"):
+        build_data(DataConfig(source="cifar10", root=str(tmp_path)))
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_subset_resize_and_channels():
+    data = build_data(DataConfig(train_subset=600, test_subset=200, val_size=100, calib_size=64, resize=32,
+                                 channels=3, batch_size=50))
+    assert data.input_shape == (3, 32, 32)
+    assert data.sizes == {"train": 500, "val": 100, "test": 200, "calib": 64}
+    x, _ = next(iter(data.calib))
+    assert abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5  # normalised
