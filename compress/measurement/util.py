@@ -1,0 +1,47 @@
+"""Helpers shared by the measurement modules: leaf modules, input unpacking, train-mode restoration."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["leaf_modules", "forward_inputs", "restore_training", "tensor_shape", "model_device"]
+
+
+def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(qualified name, module)`` for every module without children (the root is named ``"(model)"``)."""
+    return [(name or "(model)", m) for name, m in model.named_modules() if next(m.children(), None) is None]
+
+
+def forward_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """Split ``example_inputs`` into ``(args, kwargs)``: a tensor, a tuple/list of args, or a dict of kwargs."""
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+@contextlib.contextmanager
+def restore_training(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every submodule's ``training`` flag on exit (modules may be in mixed modes, e.g. frozen BN)."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def tensor_shape(tensors: list[torch.Tensor]) -> list[int] | None:
+    """Shape of the first tensor as a list, or ``None`` when there is none."""
+    return list(tensors[0].shape) if tensors else None
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a stateless model)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")

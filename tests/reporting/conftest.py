@@ -1,0 +1,65 @@
+"""A small, fully built RunContext: tiny model, a 'rewritten' copy, synthetic loaders, three records."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from compress.context import RunContext
+from compress.data import DataBundle
+from compress.env import environment
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def rewritten(model: Tiny) -> Tiny:
+    """conv2 replaced by a grouped 3x3 + pointwise pair (what a rewrite step produces)."""
+    out = copy.deepcopy(model)
+    out.conv2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False), nn.Conv2d(8, 8, 1, bias=False))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two intra-op threads on this loaded 2-core box make tiny forwards episodically ~100x slower; use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_ctx(tmp_path) -> RunContext:
+    torch.manual_seed(0)
+    images, labels = torch.randn(24, 3, 16, 16), torch.randint(0, 4, (24,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+    data = DataBundle(train=loader, val=None, test=loader, calib=loader, num_classes=4, input_shape=(3, 16, 16),
+                      source="synthetic", synthetic=True, sizes={"train": 24, "val": 0, "test": 24, "calib": 24})
+    baseline = Tiny().eval()
+    ctx = RunContext(out_dir=tmp_path / "run", device=torch.device("cpu"), seed=0, model=copy.deepcopy(baseline),
+                     baseline=baseline, data=data, example_inputs=torch.zeros(1, 3, 16, 16),
+                     environment=environment(seed=0, device="cpu"))
+    ctx.out_dir.mkdir()
+    ctx.record("baseline")
+    ctx.record("analyze", {"note": "no metrics"}, measure=False)
+    ctx.model = rewritten(ctx.model)
+    layer = {"layer": "conv2", "kind": "grouped", "macs_before": 16 * 16 * 9 * 64, "macs_after": 16 * 16 * 160,
+             "rel_weight_error": 0.25, "output_error": float("nan")}
+    ctx.record("rewrite", {"layers": [layer], "weights": torch.randn(100)}, seconds=0.5)
+    return ctx
