@@ -51,7 +51,8 @@ class RunContext:
         recipe: the parsed recipe; ``recipe_file`` its path (``None`` for the embedded default).
         step_index: index of the step being executed (``-1`` before the first step).
         rank / world_size: distributed position (0 / 1 when not distributed).
-        state: free-form per-run data steps share (e.g. ``"finetune_resume"``).
+        state: free-form per-run data steps share: ``"resume"`` (the current step continues a killed run),
+            ``"verbose"`` (progress bars on), ``"baseline_origin"``.
     """
 
     out_dir: Path

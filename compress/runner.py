@@ -87,6 +87,7 @@ def _build_context(recipe: Recipe, recipe_name: str | None, out: Path, device: t
                      environment=environment(seed=recipe.seed, device=device))
     ctx.environment["world_size"] = world
     ctx.state["baseline_origin"] = origin
+    ctx.state["verbose"] = verbose and rank == 0
     return ctx
 
 

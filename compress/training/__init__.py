@@ -1,0 +1,10 @@
+"""Training: the one loop for baseline training and fine-tuning with distillation, BN calibration, checkpoints,
+and data-parallel helpers. Recipe steps ``finetune`` and ``calibrate`` live in :mod:`compress.training.steps`."""
+from .calibrate import calibrate_bn
+from .config import DistillConfig, TrainConfig
+from .distill import distillation_loss, feature_loss
+from .history import TrainHistory
+from .loop import fit, seed_everything
+
+__all__ = ["fit", "seed_everything", "TrainConfig", "DistillConfig", "TrainHistory", "calibrate_bn",
+           "distillation_loss", "feature_loss"]
