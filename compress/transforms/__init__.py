@@ -3,28 +3,16 @@
 Rewrites (``to_grouped``, ``to_separable``, ``to_shuffled``, ``to_dilated``, ``to_bottleneck``, ``rewrite``) and
 dependency-aware channel pruning (``prune``) built on torch-pruning.
 """
-from __future__ import annotations
+# Imported eagerly: the functions ``rewrite`` and ``prune`` share their modules' names, and a lazy attribute
+# would be shadowed by the submodule once it is imported.
+from .bottleneck import to_bottleneck
+from .dilated import to_dilated
+from .grouped import to_grouped
+from .modules import ChannelPermute, ChannelShuffle
+from .prune import prune
+from .rewrite import RewriteRecord, rewrite
+from .separable import to_separable
+from .shuffle import to_shuffled
 
-import importlib
-from typing import Any
-
-_API = {
-    "to_grouped": "compress.transforms.grouped",
-    "to_separable": "compress.transforms.separable",
-    "to_shuffled": "compress.transforms.shuffle",
-    "to_dilated": "compress.transforms.dilated",
-    "to_bottleneck": "compress.transforms.bottleneck",
-    "rewrite": "compress.transforms.rewrite",
-    "RewriteRecord": "compress.transforms.rewrite",
-    "prune": "compress.transforms.prune",
-    "ChannelShuffle": "compress.transforms.modules",
-    "ChannelPermute": "compress.transforms.modules",
-}
-
-__all__ = sorted(_API)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'compress.transforms' has no attribute {name!r}")
+__all__ = ["ChannelPermute", "ChannelShuffle", "RewriteRecord", "prune", "rewrite", "to_bottleneck", "to_dilated",
+           "to_grouped", "to_separable", "to_shuffled"]
