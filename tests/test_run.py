@@ -1,0 +1,85 @@
+"""End to end: the tiny recipe through the CLI, output-directory safety, runner-level resume."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.run import main
+
+TINY = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml")
+
+
+@pytest.fixture
+def out(tmp_path, isolated_cache):
+    return tmp_path / "run"
+
+
+def _weights(path):
+    import compress
+
+    return compress.load(path).state_dict()
+
+
+def test_tiny_recipe_end_to_end(out, capsys):
+    assert main([TINY, "--out", str(out), "--quiet"]) == 0
+    for name in ("report.json", "report.md", "model.pt", "baseline.pt", "recipe.yaml", "run.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline"]["macs"] > report["final"]["macs"]  # pruning at ratio 0.25 removed work
+    run = json.loads((out / "run.json").read_text())
+    env = run["environment"]
+    assert env["seed"] == 0 and env["threads"] >= 1 and env["versions"]["torch"] == torch.__version__
+    assert [s["kind"] for s in run["steps"]] == ["baseline", "analyze", "prune", "calibrate", "finetune"]
+    assert all("top1" in s["metrics"] for s in run["steps"])
+    assert not (out / ".lock").exists()
+
+
+def test_existing_output_needs_force(out, capsys):
+    out.mkdir()
+    (out / "precious.txt").write_text("mine")
+    assert main([TINY, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not empty; pass --force" in err and "Traceback" not in err
+    assert (out / "precious.txt").read_text() == "mine"
+
+
+def test_force_replaces_an_earlier_run(out):
+    assert main([TINY, "--out", str(out), "--quiet", "--set", "steps=[finetune]",
+                 "--set", "baseline.train.epochs=1"]) == 0
+    (out / "stale.txt").write_text("old")
+    assert main([TINY, "--out", str(out), "--quiet", "--force", "--set", "steps=[calibrate]",
+                 "--set", "baseline.train.epochs=1"]) == 0
+    assert not (out / "stale.txt").exists()
+
+
+def test_locked_output_is_refused(out, capsys):
+    out.mkdir()
+    (out / ".compress-run").write_text("x")
+    (out / ".lock").write_text(str(os.getppid()))  # a live process holds it
+    assert main([TINY, "--resume", str(out), "--quiet"]) == 2
+    assert "another compress run" in capsys.readouterr().err
+
+
+def test_resume_after_interrupt_matches_uninterrupted(out, tmp_path, monkeypatch):
+    args = ["--quiet", "--set", "steps=[analyze, {prune: {ratio: 0.25}}, calibrate, {finetune: {epochs: 1}}]"]
+    reference = tmp_path / "reference"
+    assert main([TINY, "--out", str(reference), *args]) == 0
+
+    from compress.recipe import registry
+
+    spec = registry.get_step("finetune")
+    calls = {"n": 0}
+
+    def interrupted(ctx, cfg):
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(registry._STEPS, "finetune", registry.StepSpec("finetune", spec.config, interrupted, ""))
+    assert main([TINY, "--out", str(out), *args]) == 130
+    assert calls["n"] == 1 and not (out / "model.pt").exists()
+    monkeypatch.setitem(registry._STEPS, "finetune", spec)
+    assert main([TINY, "--resume", str(out), *args]) == 0
+    for (name, a), b in zip(_weights(reference / "model.pt").items(), _weights(out / "model.pt").values()):
+        assert torch.equal(a, b), name
