@@ -21,6 +21,7 @@ STEP_MODULES = (
     "compress.analysis.step",
     "compress.transforms.steps",
     "compress.reporting.step",
+    "compress.planning.step",
 )
 
 

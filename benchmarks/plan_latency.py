@@ -1,0 +1,208 @@
+"""Benchmark: latency-aware planning vs torch-pruning's uniform magnitude pruning at the same MACs, on this CPU.
+
+For each model and batch size: plan a ``latency: 0.5`` target on this CPU (measured latency table, NetAdapt-style
+search, end-to-end check), apply it, prune a copy uniformly with torch-pruning's ``MagnitudePruner`` to the same
+MACs, then time original / planned / uniform interleaved in one process and print latency ratios, MACs ratios
+and latency efficiency (speed-up / MAC reduction: 1.0 means time fell exactly as fast as MACs).
+
+Models: (a) the Fashion-MNIST small ResNet (widths 16/32/64, 28 px, 1 channel): with a cached trained baseline
+(``$COMPRESS_CACHE/baselines``) and the Fashion-MNIST files present, test accuracy (no fine-tuning) is reported,
+else "n/a"; (b) torchvision ResNet-18 at 224 px (random weights: latency only).
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/plan_latency.py --quick        # < 5 min: small ResNet b1/b64, ResNet-18 b1
+    PYTHONPATH=. python benchmarks/plan_latency.py                # all cases, batch 1 and 64 (ResNet-18 b64: ~1 h)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import glob
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compress.env import cpu_model  # noqa: E402
+from compress.io import atomic_write_text  # noqa: E402
+from compress.measurement import compare_latency, cost  # noqa: E402
+from compress.planning import apply_plan, plan  # noqa: E402
+from compress.planning.uniform import uniform_at_macs  # noqa: E402
+
+__all__ = ["compare_variants", "markdown_table", "machine_lines", "COLUMNS"]
+
+COLUMNS = ("model", "batch", "variant", "ms", "iqr_ms", "speedup", "latency_ratio", "macs_ratio", "efficiency",
+           "top1", "verdict")
+
+
+def compare_variants(variants: dict[str, nn.Module], x: torch.Tensor, *, device: str, batch: int,
+                     dtype: torch.dtype, channels_last: bool, runs: int) -> list[dict[str, Any]]:
+    """Time the variants interleaved (first = original) and add MACs ratio and latency efficiency per row."""
+    comp = compare_latency(variants, x, device=device, batch_sizes=(batch,), dtype=dtype,
+                           channels_last=channels_last, runs=runs)
+    base_macs = cost(variants["original"], x).macs
+    base = comp.results["original"].stats[batch]
+    rows = [{"variant": "original", "ms": base.median_ms, "iqr_ms": base.iqr_ms, "speedup": 1.0,
+             "latency_ratio": 1.0, "macs_ratio": 1.0, "efficiency": 1.0, "verdict": "baseline"}]
+    for row in comp.rows():
+        macs_ratio = cost(variants[row["model"]], x).macs / base_macs
+        speedup = row["ratio"]
+        rows.append({"variant": row["model"], "ms": row["compressed_ms"], "iqr_ms": row["compressed_iqr_ms"],
+                     "speedup": speedup, "latency_ratio": 1.0 / speedup, "macs_ratio": macs_ratio,
+                     "efficiency": speedup * macs_ratio, "verdict": row["verdict"]})
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+    return "n/a" if value is None else str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def machine_lines(device: str) -> list[str]:
+    """Where and when it ran: date, machine, versions, threads, load."""
+    import torch_pruning as tp
+    import torchvision
+
+    gpu = torch.cuda.get_device_name() if device == "cuda" else None
+    return [f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+            f"- machine: {platform.node()} | {platform.platform()} | CPU {cpu_model()} ({os.cpu_count()} cores)"
+            + (f" | GPU {gpu}" if gpu else ""),
+            f"- torch {torch.__version__}, torchvision {torchvision.__version__}, torch-pruning {tp.__version__}; "
+            f"intra-op threads {torch.get_num_threads()}; load average at start {_load_average()}"]
+
+
+def _trained_small_resnet(model: nn.Module) -> tuple[nn.Module, Any, Any] | None:
+    """``(model with trained weights, test loader, calib loader)`` when a cached baseline and the data exist."""
+    from compress.baseline import default_cache_dir
+    from compress.data import DataConfig, build_data
+
+    for path in sorted(glob.glob(str(default_cache_dir() / "baselines" / "*.pt"))):
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(blob["state_dict"])
+        except Exception:  # noqa: BLE001 - another architecture's baseline: try the next file
+            continue
+        try:
+            data = build_data(DataConfig(source="fashion-mnist"))
+        except Exception as err:  # noqa: BLE001 - no data files: accuracy stays n/a
+            print(f"trained baseline {path} found but Fashion-MNIST is unavailable ({err})")
+            return None
+        print(f"accuracy: trained baseline {path}")
+        return model.eval(), data.test, data.calib
+    return None
+
+
+def _top1(model: nn.Module, loader: Any) -> float | None:
+    if loader is None:
+        return None
+    from compress.measurement import evaluate
+
+    return evaluate(model, loader, device="cpu", verbose=False).summary()["top1"]
+
+
+def small_resnet_case() -> tuple[nn.Module, torch.Tensor, Any, Any]:
+    from compress.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"name": "compress:small_resnet", "kwargs": {"widths": [16, 32, 64]}}).eval()
+    found = _trained_small_resnet(model)
+    test, calib = (found[1], found[2]) if found else (None, None)
+    return (found[0] if found else model), torch.randn(1, 1, 28, 28), test, calib
+
+
+def resnet18_case() -> tuple[nn.Module, torch.Tensor, Any, Any]:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 224, 224), None, None
+
+
+def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Plan, apply, prune uniformly to the same MACs, compare all three; return table rows and plan notes."""
+    model, x, test, calib = build()
+    began = time.perf_counter()
+    p = plan(model, x, target={"latency": args.target}, device="cpu", batch=batch, forms=tuple(args.forms),
+             calib=calib, max_iters=args.max_iters, max_widths=args.max_widths, min_keep=args.min_keep,
+             table_runs=args.table_runs, runs=args.runs, cache_dir=args.cache_dir, verbose=args.verbose)
+    planned = apply_plan(copy.deepcopy(model), p, x)
+    uniform, ratio = uniform_at_macs(model, x, macs=cost(planned, x).macs, round_to=p.align)
+    rows = compare_variants({"original": model, "planned": planned, f"uniform tp (ratio {ratio:.2f})": uniform}, x,
+                            device="cpu", batch=batch, dtype=torch.float32, channels_last=False, runs=args.runs)
+    for row, m in zip(rows, (model, planned, uniform)):
+        row.update(model=name, batch=batch, top1=_top1(m, test))
+    rounds = [f"round {it.index}: predicted target {it.predicted_target:.3f}, predicted {it.predicted_ratio:.3f}, "
+              f"measured {it.measured_ratio:.3f}" for it in p.iterations]
+    notes = [f"### {name}, batch {batch} ({time.perf_counter() - began:.0f} s)", "", "```", *p.summary_lines(),
+             *rounds,
+             *p.notes[:12], *([f"... {len(p.notes) - 12} more notes"] if len(p.notes) > 12 else []),
+             f"table: {p.table['measured']} entries measured, {p.table['reused']} reused ({p.table['path']})",
+             "```", ""]
+    return rows, notes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short run (< 5 min): ResNet-18 at batch 1 only")
+    parser.add_argument("--target", type=float, default=0.5, help="latency target (fraction of the original)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads (default 1: on a shared machine two threads stall on each other)")
+    parser.add_argument("--forms", nargs="+", default=["prune", "separable", "grouped"])
+    parser.add_argument("--runs", type=int, default=20, help="interleaved timed rounds per comparison (>= 20)")
+    parser.add_argument("--cache-dir", default=None, help="latency-table cache (default $COMPRESS_CACHE/latency)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "plan_cpu.md"))
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    quick = args.quick
+    args.max_iters, args.max_widths, args.min_keep, args.table_runs = (3, 4, 0.5, 3) if quick else (3, 8, 0.25, 5)
+    cases = [("small_resnet 28px", small_resnet_case, 1), ("small_resnet 28px", small_resnet_case, 64),
+             ("resnet18 224px", resnet18_case, 1)] + ([] if quick else [("resnet18 224px", resnet18_case, 64)])
+    command = "PYTHONPATH=. python benchmarks/plan_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = ["# Latency-aware planning on CPU", "", f"- command: `{command.strip()}`", *machine_lines("cpu"), ""]
+    rows, notes = [], []
+    for name, build, batch in cases:
+        print(f"== {name}, batch {batch}", flush=True)
+        case_rows, case_notes = run_case(name, build, batch, args)
+        rows += case_rows
+        notes += case_notes
+        print(markdown_table(case_rows), flush=True)
+    text = "\n".join(header + [markdown_table(rows), "", _EXPLAIN, "", *notes,
+                               f"load average at end: {_load_average()}", ""])
+    atomic_write_text(args.out, text)
+    print(f"\nwrote {args.out}")
+
+
+_EXPLAIN = ("ms: median of interleaved runs; latency_ratio = variant ms / original ms; macs_ratio = variant MACs / "
+            "original MACs; efficiency = speed-up x macs_ratio = speed-up / MAC reduction (1.0: time fell as fast "
+            "as MACs; below 1: MACs fell faster than time). top1: Fashion-MNIST test accuracy without fine-tuning "
+            "(n/a: no cached trained baseline or no data). The uniform model is torch-pruning's MagnitudePruner "
+            "(L2, same ratio in every group, widths rounded to the plan's alignment) at the ratio whose MACs come "
+            "closest to the planned MACs from below (or the fewest MACs it reaches, when it cannot get that low). "
+            "Timings on a shared, loaded machine are noisy: read the IQRs and the load average.")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Predicted cost of a planning state: latency from the measured table, or MACs / parameters by formula.
+
+A state is the width of every prunable group plus the rewrite chosen for each conv. A conv's predicted time
+at output width ``a`` and input width ``b`` combines its measured staircases along each axis,
+``t(a, b) = t_out(a) * t_in(b) / t_full`` (each factor measured; only their product is a model), and a
+rewrite's measured time is scaled by the same factors when its conv is also pruned. The end-to-end
+measurement in the planner corrects what this misses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .candidates import Form
+from .problem import Problem, Site
+from .shapes import ConvShape
+from .table import LatencyTable
+
+__all__ = ["State", "Resource", "LatencyResource", "MacsResource", "ParamsResource", "site_widths", "total"]
+
+
+@dataclass
+class State:
+    """Group widths (by group index) and chosen rewrites (by conv name)."""
+
+    widths: list[int]
+    forms: dict[str, Form] = field(default_factory=dict)
+
+    @classmethod
+    def initial(cls, problem: Problem) -> "State":
+        return cls([g.width for g in problem.groups])
+
+    def copy(self) -> "State":
+        return State(list(self.widths), dict(self.forms))
+
+
+class Resource(Protocol):
+    """What a target constrains: ``unit`` and the cost of one conv at given widths and form."""
+
+    unit: str
+
+    def conv(self, site: Site, out_width: int, in_width: int, form: Form | None) -> float: ...
+
+
+def site_widths(site: Site, state: State) -> tuple[int, int]:
+    """``(out_width, in_width)`` of ``site`` in ``state``."""
+    s = site.shape
+    a = state.widths[site.out_group] if site.out_group is not None else s.out_channels
+    b = state.widths[site.in_group] if site.in_group is not None else s.in_channels
+    return (a, a) if s.depthwise else (a, b)
+
+
+def total(problem: Problem, resource: Resource, state: State, names: list[str] | None = None) -> float:
+    """Sum of the resource over ``names`` (default: every site) in ``state``."""
+    out = 0.0
+    for name in problem.sites if names is None else names:
+        site = problem.sites[name]
+        out += resource.conv(site, *site_widths(site, state), state.forms.get(name))
+    return out
+
+
+class LatencyResource:
+    """Milliseconds from a :class:`~compress.planning.table.LatencyTable`."""
+
+    unit = "ms"
+
+    def __init__(self, table: LatencyTable) -> None:
+        self.table = table
+
+    def conv(self, site: Site, out_width: int, in_width: int, form: Form | None) -> float:
+        t = self.table.layers[site.name]
+        scale = t.out_ms(out_width) / t.full_ms
+        if not site.shape.depthwise:
+            scale *= t.in_ms(in_width) / t.full_ms
+        return (t.ms[form.key] if form is not None else t.full_ms) * scale
+
+
+def _dense_macs(s: ConvShape) -> int:
+    k2 = s.kernel[0] * s.kernel[1]
+    return s.out_positions() * (k2 * s.in_channels // s.groups * s.out_channels + (s.out_channels if s.bias else 0))
+
+
+class MacsResource:
+    """Per-sample multiply-accumulates by formula (the counting of :func:`compress.measurement.cost`)."""
+
+    unit = "macs"
+
+    def conv(self, site: Site, out_width: int, in_width: int, form: Form | None) -> float:
+        shape = site.shape.with_channels(in_width, out_width)
+        return float(form.macs(shape) if form is not None else _dense_macs(shape))
+
+
+class ParamsResource:
+    """Parameter count by formula."""
+
+    unit = "params"
+
+    def conv(self, site: Site, out_width: int, in_width: int, form: Form | None) -> float:
+        s = site.shape.with_channels(in_width, out_width)
+        if form is not None:
+            return float(form.param_count(s))
+        k2 = s.kernel[0] * s.kernel[1]
+        return float(k2 * s.in_channels // s.groups * s.out_channels + (s.out_channels if s.bias else 0))

@@ -1,0 +1,81 @@
+"""Recipe step ``plan``: meet a latency / MACs / parameter target on a device, measured, then apply the plan.
+
+::
+
+    - plan: {target: {latency: 0.5}, device: cpu, batch: 64, forms: [prune, separable, grouped]}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Literal
+
+from ..config import Config, check
+from ..recipe.registry import register_step
+from .apply import apply_plan
+from .candidates import FORM_KINDS
+from .planner import TARGETS, plan
+
+__all__ = ["PlanStep", "plan_step"]
+
+
+@dataclass(frozen=True)
+class PlanStep(Config):
+    """Options of the ``plan`` step.
+
+    Attributes:
+        target: exactly one of ``latency`` / ``macs`` / ``params`` mapped to a fraction of the original in (0, 1].
+        device: where latency is measured and planned for.
+        batch / dtype / channels_last: the inference setting planned for.
+        forms: allowed changes (``prune`` and rewrite kinds).
+        cache_dir: latency-table directory (default ``$COMPRESS_CACHE/latency``).
+        calib_batches: calibration batches analysed when no ``analyze`` step ran before.
+        max_iters: plan-apply-measure rounds at most.
+        align: channel alignment of pruned widths (default by device and dtype).
+    """
+
+    target: dict[str, float]
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch: int = 64
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    channels_last: bool = False
+    forms: tuple[str, ...] = ("prune", "separable", "grouped")
+    cache_dir: str | None = None
+    calib_batches: int = 4
+    max_iters: int = 3
+    align: int | None = None
+
+    def validate(self) -> None:
+        keys = list(self.target)
+        check(len(keys) == 1 and keys[0] in TARGETS, "target", f"exactly one of {', '.join(TARGETS)}",
+              "<" + (", ".join(map(str, keys)) or "empty") + ">")
+        value = self.target[keys[0]]
+        check(0.0 < value <= 1.0, f"target.{keys[0]}", "a fraction in (0, 1]", value)
+        check(self.batch >= 1, "batch", "an integer >= 1", self.batch)
+        check(len(self.forms) > 0 and all(f in FORM_KINDS for f in self.forms), "forms",
+              f"a non-empty list of {', '.join(FORM_KINDS)}", "<" + ", ".join(self.forms) + ">")
+        check(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)
+        check(self.max_iters >= 1, "max_iters", "an integer >= 1", self.max_iters)
+        check(self.align is None or self.align >= 1, "align", "null or an integer >= 1", self.align)
+
+
+@register_step("plan", PlanStep)
+def plan_step(ctx: Any, cfg: PlanStep) -> dict[str, Any]:
+    """Plan per-layer widths and rewrites that meet a measured latency/MACs/params target, and apply them."""
+    from ..analysis import analyze
+    from ..training import distributed as D
+
+    ctx.model = D.unwrap(ctx.model)
+    verbose = bool(ctx.state.get("verbose", True)) and ctx.is_main
+    analysis = ctx.analysis
+    if analysis is None:  # on every rank: analyze all-reduces its statistics
+        analysis = analyze(ctx.model, islice(ctx.data.calib, cfg.calib_batches), verbose=verbose)
+    result = None
+    if ctx.is_main:  # one process measures; ranks timing at once would slow each other down
+        result = plan(ctx.model, ctx.example_inputs, target=dict(cfg.target), device=cfg.device, batch=cfg.batch,
+                      dtype=cfg.dtype, channels_last=cfg.channels_last, analysis=analysis, forms=cfg.forms,
+                      max_iters=cfg.max_iters, align=cfg.align, cache_dir=cfg.cache_dir, verbose=verbose)
+    result = D.broadcast_object(result)  # every rank applies the same plan
+    apply_plan(ctx.model, result, ctx.example_inputs)
+    ctx.analysis = None  # channel indices changed: the old analysis no longer describes the model
+    return {**result.as_dict(), "summary": result.summary_lines()}

@@ -1,0 +1,62 @@
+"""Recipe step ``plan``: strict options, and a handler that plans, applies and reports on the run's model."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from compress.config import parse
+from compress.errors import ConfigError
+from compress.measurement import cost
+from compress.planning.step import PlanStep, plan_step
+from compress.recipe.registry import _STEPS
+
+from planning_helpers import tiny_net
+
+
+def test_registered():
+    assert _STEPS["plan"].config is PlanStep and _STEPS["plan"].handler is plan_step
+
+
+def test_defaults_and_parsing():
+    cfg = parse(PlanStep, {"target": {"latency": 0.5}, "forms": ["prune", "shuffle"], "dtype": "bfloat16"})
+    assert cfg.target == {"latency": 0.5} and cfg.forms == ("prune", "shuffle")
+    assert (cfg.device, cfg.batch, cfg.channels_last, cfg.cache_dir) == ("cpu", 64, False, None)
+
+
+@pytest.mark.parametrize("data, field", [
+    ({}, "target"),
+    ({"target": {"latency": 0.5, "macs": 0.5}}, "target"),
+    ({"target": {"speed": 0.5}}, "target"),
+    ({"target": {"macs": 0.0}}, "target.macs"),
+    ({"target": {"params": 1.2}}, "target.params"),
+    ({"target": {"macs": 0.5}, "forms": []}, "forms"),
+    ({"target": {"macs": 0.5}, "forms": ["prune", "dilated"]}, "forms"),
+    ({"target": {"macs": 0.5}, "batch": 0}, "batch"),
+    ({"target": {"macs": 0.5}, "device": "tpu"}, "device"),
+    ({"target": {"macs": 0.5}, "dtype": "int8"}, "dtype"),
+])
+def test_bad_options(data, field):
+    with pytest.raises(ConfigError) as err:
+        parse(PlanStep, data, path="steps[3].plan")
+    assert err.value.field == f"steps[3].plan.{field}"
+
+
+def test_handler_plans_applies_and_reports(tmp_path, x):
+    model = tiny_net()
+    original = copy.deepcopy(model)
+    torch.manual_seed(3)
+    calib = [(torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)) for _ in range(6)]
+    ctx = SimpleNamespace(model=model, example_inputs=x, analysis=None, data=SimpleNamespace(calib=calib),
+                          state={"verbose": False}, is_main=True)
+    cfg = parse(PlanStep, {"target": {"macs": 0.6}, "batch": 2, "forms": ["prune"], "calib_batches": 2,
+                           "cache_dir": str(tmp_path)})
+    details = plan_step(ctx, cfg)
+    ratio = cost(ctx.model, x).macs / cost(original, x).macs
+    assert details["met"] and details["macs_ratio"] == pytest.approx(ratio) and ratio <= 0.62
+    assert details["choices"] and details["summary"][0] == details["verdict"]
+    assert details["latency"]["batch"] == 2
+    assert "faster by" in details["verdict"] or "SLOWER by" in details["verdict"]
+    assert ctx.analysis is None and ctx.model(x).shape == (1, 10)
