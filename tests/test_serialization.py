@@ -14,15 +14,6 @@ from compress.transforms.modules import ChannelPermute, ChannelShuffle
 from compress.transforms.prune import prune
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI two threads run ~10x slower (spin-waits get descheduled)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _torchvision(spec: dict) -> nn.Module:
     return torchvision.models.get_model(spec["name"].split(":", 1)[1], weights=None, **spec["kwargs"])
 

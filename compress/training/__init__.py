@@ -4,7 +4,8 @@ from .calibrate import calibrate_bn
 from .config import DistillConfig, TrainConfig
 from .distill import distillation_loss, feature_loss
 from .history import TrainHistory
-from .loop import fit, seed_everything
+from ..env import seed_everything
+from .loop import fit
 
 __all__ = ["fit", "seed_everything", "TrainConfig", "DistillConfig", "TrainHistory", "calibrate_bn",
            "distillation_loss", "feature_loss"]

@@ -9,12 +9,10 @@ the checkpoint, so an interrupted + resumed run ends with bit-identical weights 
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..config import to_plain
+from ..env import seed_everything
 from ..errors import CompressError
 from . import distributed as D
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -32,17 +31,10 @@ from .history import TrainHistory
 from .optim import build_optimizer, build_scheduler
 from .signals import StopRequest
 
-__all__ = ["fit", "seed_everything"]
+__all__ = ["fit"]
 
 # Config fields that do not change the trajectory; a resumed run may differ in them.
 _RESUME_FREE = ("checkpoint_every", "log_every")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -1,4 +1,4 @@
-"""Fixtures of the planning tests: one intra-op thread, a tiny net and its input."""
+"""Fixtures of the planning tests: a tiny net and its input."""
 from __future__ import annotations
 
 import pytest
@@ -6,15 +6,6 @@ import torch
 from torch import nn
 
 from planning_helpers import tiny_net
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two intra-op threads on this loaded 2-core machine turn sub-ms forwards into 20-50 ms stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -35,15 +35,6 @@ def rewritten(model: Tiny) -> Tiny:
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two intra-op threads on this loaded 2-core box make tiny forwards episodically ~100x slower; use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny_ctx(tmp_path) -> RunContext:
     torch.manual_seed(0)

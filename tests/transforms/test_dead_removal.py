@@ -15,15 +15,6 @@ from compress.transforms.tp_compat import swap_shufflenet_blocks
 REL_TOL = 1e-4  # the task's bound on the relative logit change of an exact removal
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI two threads run ~10x slower (spin-waits get descheduled)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class FakeAnalysis:
     """Just the analysis contract :func:`remove_dead_channels` reads: ``dead_channels()``."""
 

@@ -17,15 +17,6 @@ from compress.transforms.prune import prune  # the package attribute is shadowed
 from compress.transforms.prune import MACS_TOL, count_macs_params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI two threads run ~10x slower (spin-waits get descheduled)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class FakeAnalysis:
     """The analysis contract prune() reads: dead_channels(), stats(layer), correlation(layer)."""
 

@@ -17,15 +17,6 @@ from compress.transforms.tp_compat import (ChannelOrigins, build_graph, output_l
                                            locked_layers, shuffle_permutation, swap_shufflenet_blocks)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI two threads run ~10x slower (spin-waits get descheduled)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ShuffleNet(nn.Module):
     """stem -> conv (groups g1) -> BN -> ReLU -> channel mixer -> conv (groups g2) -> BN -> ReLU -> pool -> Linear."""
 

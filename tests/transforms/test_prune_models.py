@@ -13,15 +13,6 @@ FAST = ["resnet18", "mobilenet_v2", "shufflenet_v2_x0_5", "squeezenet1_0", "mobi
 SLOW = ["densenet121", "vgg11_bn"]  # ~20 s each on the loaded 2-core CI, ~5 s idle (120 concat groups; 130M params)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI two threads run ~10x slower (spin-waits get descheduled)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _build(name: str) -> nn.Module:
     kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
     return torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs).eval()

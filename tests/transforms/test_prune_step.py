@@ -14,15 +14,6 @@ from compress.recipe import registry
 from compress.transforms.prune_step import PruneStep, prune_step
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI two threads run ~10x slower (spin-waits get descheduled)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
