@@ -1,0 +1,112 @@
+"""Recipe step ``rewrite``: rewrite the model's dense convs into one structured form.
+
+Example::
+
+    - rewrite:
+        kind: separable
+        layers: ["layer3.*", "layer4.*"]
+        max_error: 0.3
+
+Accuracy after the step is recorded by the runner; BatchNorm re-calibration and fine-tuning are separate steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict
+from typing import Any, Literal
+
+from ..config import Config, check
+from ..errors import ConfigError
+from ..recipe.registry import register_step
+
+__all__ = ["RewriteStep", "run_rewrite"]
+
+# Options each kind reads; any other option set to a non-default value is a recipe mistake.
+_KIND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "grouped": ("groups", "energy_threshold"),
+    "separable": ("T", "max_error"),
+    "shuffle": ("groups", "width"),
+    "dilated": ("dilation",),
+    "bottleneck": ("rank", "rank_ratio", "max_error"),
+}
+_EXCLUSIVE: dict[str, tuple[str, ...]] = {
+    "separable": ("T", "max_error"),
+    "bottleneck": ("rank", "rank_ratio", "max_error"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RewriteStep(Config):
+    """Options of the ``rewrite`` step.
+
+    Attributes:
+        kind: the rewrite.
+        layers: fnmatch patterns over module names; empty: every eligible conv.
+        exclude: fnmatch patterns of modules to leave alone.
+        min_channels: convs with fewer input or output channels are left alone.
+        groups: grouped: an integer or ``"auto"`` (default ``"auto"``); shuffle: an integer (required).
+        T: separable: depthwise channel multiplier (default 1).
+        max_error: separable/bottleneck: per-layer relative weight-error budget choosing T / rank.
+        rank: bottleneck: projection width.
+        rank_ratio: bottleneck: projection width as a fraction of the input channels (default 0.5).
+        dilation: dilated: tap spacing in kernel-index units (default ``(K-1)/2``, same receptive field).
+        width: shuffle: hidden channels between the grouped 1x1s (default: the conv's output channels).
+        energy_threshold: grouped with ``groups: auto``: minimum fraction of weight energy kept.
+    """
+
+    kind: Literal["grouped", "separable", "shuffle", "dilated", "bottleneck"]
+    layers: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_channels: int = 16
+    groups: int | str | None = None
+    T: int | None = None
+    max_error: float | None = None
+    rank: int | None = None
+    rank_ratio: float | None = None
+    dilation: int | None = None
+    width: int | None = None
+    energy_threshold: float = 0.9
+
+    def validate(self) -> None:
+        check(self.min_channels >= 1, "min_channels", "an integer >= 1", self.min_channels)
+        check(0.0 < self.energy_threshold <= 1.0, "energy_threshold", "a number in (0, 1]", self.energy_threshold)
+        allowed = _KIND_OPTIONS[self.kind]
+        for name in ("groups", "T", "max_error", "rank", "rank_ratio", "dilation", "width"):
+            value = getattr(self, name)
+            check(value is None or name in allowed, name, f"null (not an option of kind {self.kind!r})", value)
+        given = [n for n in _EXCLUSIVE.get(self.kind, ()) if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ConfigError(given[1], f"null when {given[0]} is set (give only one of {', '.join(given)})",
+                              getattr(self, given[1]))
+        self._validate_values()
+
+    def _validate_values(self) -> None:
+        if self.kind == "grouped":
+            check(self.groups is None or self.groups == "auto" or (isinstance(self.groups, int) and self.groups >= 2),
+                  "groups", "an integer >= 2 or 'auto'", self.groups)
+        if self.kind == "shuffle":
+            check(isinstance(self.groups, int) and self.groups >= 2, "groups", "an integer >= 2", self.groups)
+        for name in ("T", "rank", "dilation", "width"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, name, "an integer >= 1", value)
+        check(self.max_error is None or 0.0 <= self.max_error < 1.0, "max_error", "a number in [0, 1)",
+              self.max_error)
+        check(self.rank_ratio is None or 0.0 < self.rank_ratio <= 1.0, "rank_ratio", "a number in (0, 1]",
+              self.rank_ratio)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for :func:`compress.transforms.rewrite.rewrite` (unset ones omitted)."""
+        opts = {n: getattr(self, n) for n in _KIND_OPTIONS[self.kind] if getattr(self, n) is not None}
+        if self.kind == "grouped":
+            opts.setdefault("groups", "auto")
+        return opts
+
+
+@register_step("rewrite", RewriteStep)
+def run_rewrite(ctx: Any, cfg: RewriteStep) -> dict[str, Any]:
+    """Rewrite dense convs into grouped, separable, shuffled, dilated or bottleneck form."""
+    from .rewrite import rewrite  # deferred: keeps recipe parsing free of torch-pruning imports
+
+    records = rewrite(ctx.model, cfg.kind, include=cfg.layers, exclude=cfg.exclude, min_channels=cfg.min_channels,
+                      analysis=ctx.analysis, example_inputs=ctx.example_inputs, **cfg.options())
+    return {"layers": [asdict(r) for r in records], "rewritten": sum(r.skipped is None for r in records)}
