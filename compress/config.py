@@ -7,8 +7,8 @@ fails with ``path.to.field: expected ..., got ...`` before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
-import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
@@ -42,6 +42,8 @@ def check(condition: bool, field: str, expected: str, got: Any) -> None:
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not key or not key.isprintable() or any(c in key for c in " .[]"):
+        return f"{path}[{key!r}]"  # '' or 'layer1.*' would make an ambiguous (or empty) dotted path
     return f"{path}.{key}" if path else key
 
 
@@ -66,7 +68,25 @@ def _describe(tp: Any) -> str:
 def _got(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return f"<{type(value).__name__}>"
+    if isinstance(value, str) and value.startswith("<"):
+        return f"<the string {value!r}>"  # ConfigError prints "<...>" verbatim: quote the user's text
     return value
+
+
+def _finite_float(value: int | float) -> float | None:
+    """``value`` as a finite float, or ``None`` (NaN, infinities, integers beyond the float range)."""
+    try:
+        number = float(value)
+    except OverflowError:  # YAML integers are unbounded: 10**400 has no float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _convert_key(tp: Any, key: Any, path: str, file: str | None) -> Any:
+    try:
+        return _convert(tp, key, path, file)
+    except ConfigError:
+        raise ConfigError(_join(path, str(key)), f"{_describe(tp)} as the key", _got(key), file=file) from None
 
 
 def _convert(tp: Any, value: Any, path: str, file: str | None) -> Any:
@@ -104,7 +124,8 @@ def _convert(tp: Any, value: Any, path: str, file: str | None) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(path, "a mapping", _got(value), file=file)
         key_t, val_t = get_args(tp) or (Any, Any)
-        return {_convert(key_t, k, path, file): _convert(val_t, v, _join(path, str(k)), file) for k, v in value.items()}
+        return {_convert_key(key_t, k, path, file): _convert(val_t, v, _join(path, str(k)), file)
+                for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -113,9 +134,11 @@ def _convert(tp: Any, value: Any, path: str, file: str | None) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ConfigError(path, "a finite number", value, file=file)
-            return float(value)
+            number = _finite_float(value)
+            if number is None:
+                raise ConfigError(path, "a finite number", value if isinstance(value, float) else "<a huge integer>",
+                                  file=file)
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -162,12 +185,18 @@ def parse(cls: type[T], data: Any, *, file: str | None = None, path: str = "") -
     return obj
 
 
-def to_plain(obj: Any) -> Any:
-    """Turn a config (dataclasses, tuples) back into YAML/JSON-friendly data."""
+def to_plain(obj: Any, *, str_keys: bool = True) -> Any:
+    """Turn a config (dataclasses, tuples) back into YAML/JSON-friendly data.
+
+    Args:
+        obj: a config, or any nesting of lists, tuples and dicts.
+        str_keys: turn mapping keys into strings, as a JSON round trip would (``False`` keeps them, so that
+            parsing the result gives back ``obj``).
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_plain(getattr(obj, f.name), str_keys=str_keys) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
+        return [to_plain(v, str_keys=str_keys) for v in obj]
     if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
+        return {(str(k) if str_keys else k): to_plain(v, str_keys=str_keys) for k, v in obj.items()}
     return obj

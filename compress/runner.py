@@ -6,7 +6,6 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -18,9 +17,9 @@ from .data import build_data
 from .env import environment, resolve_device, seed_everything
 from .errors import CompressError
 from .io import atomic_write_json, atomic_write_text
-from .outdir import OutDirLock, prepare_out_dir
+from .outdir import MARKER, OutDirLock, prepare_out_dir, undo_prepare
 from .recipe.registry import get_step
-from .recipe.schema import Recipe, load_recipe
+from .recipe.schema import Recipe, load_recipe, recipe_to_data
 
 __all__ = ["run_recipe", "PROGRESS_FILE"]
 
@@ -102,7 +101,10 @@ def _run_steps(ctx: RunContext, start: int, verbose: bool) -> None:
             print(f"[{index + 1}/{len(ctx.recipe.steps)}] {entry.name}", flush=True)
         seed_everything(ctx.seed + 1000 * (index + 1))
         began = time.perf_counter()
-        details = spec.handler(ctx, entry.config) or {}
+        try:
+            details = spec.handler(ctx, entry.config) or {}
+        except CompressError as err:  # name the step: the same kind may appear several times in a recipe
+            raise CompressError(f"steps[{index}] {entry.name}: {err}") from err
         seconds = time.perf_counter() - began
         ctx.state["resume"] = False
         if entry.name != "report":
@@ -128,11 +130,15 @@ def run_recipe(*, recipe_path: str | None = None, out: str | None = None, device
         overrides: ``a.b=value`` strings applied to the recipe before validation.
         force: replace an existing output directory.
         resume: continue the run in ``out``.
+
+    Raises:
+        CompressError: a bad recipe (before the output directory is touched), bad data or model (the new
+            output directory is removed again), or a step's error (prefixed ``steps[i] NAME:``).
+        KeyboardInterrupt: SIGINT/SIGTERM; its ``out_dir`` attribute names the resumable directory.
     """
-    from .serialization import save
     from .training.distributed import barrier, init_distributed
 
-    recipe = load_recipe(recipe_path, overrides=list(overrides))
+    recipe = load_recipe(recipe_path, overrides=list(overrides))  # all validation before the directory exists
     if device:
         recipe = _with_device(recipe, device)
     rank, world, local_rank = init_distributed()
@@ -141,36 +147,67 @@ def run_recipe(*, recipe_path: str | None = None, out: str | None = None, device
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     lock = OutDirLock(out_dir)
+    created = not out_dir.exists() or (force and (out_dir / MARKER).is_file())
     if rank == 0:
-        prepare_out_dir(out_dir, force=force, resume=resume, protected=(recipe.model.checkpoint or "",))
+        prepare_out_dir(out_dir, force=force, resume=resume,
+                        protected=(recipe.model.checkpoint or "", recipe.data.root or ""))
         lock.acquire()
     barrier()
+    undo = False
     try:
         seed_everything(recipe.seed)
         ctx = _build_context(recipe, recipe_path, out_dir, dev, rank, world, verbose)
-        start = 0
-        if resume:
-            start = _load_progress(ctx) + 1
-            ctx.state["resume"] = True
-            if verbose and rank == 0:
-                print(f"resuming {out_dir} at step {max(start, 0) + 1}/{len(recipe.steps)}", flush=True)
-            start = max(start, 0)
+        start = _first_step(ctx, resume, verbose)
         if not ctx.records:
-            ctx.records.append(StepRecord("baseline", "baseline", ctx.measure(ctx.baseline),
-                                          {"origin": ctx.state["baseline_origin"]}))
-            if rank == 0:
-                atomic_write_text(out_dir / "recipe.yaml", yaml.safe_dump(to_plain(recipe), sort_keys=False))
-                save(ctx.baseline, out_dir / "baseline.pt", spec=recipe.model.spec())
-                _save_progress(ctx, -1)
+            _record_baseline(ctx)
         _run_steps(ctx, start, verbose)
         if rank == 0:
-            save(ctx.model, out_dir / "model.pt", spec=recipe.model.spec())
-            atomic_write_json(out_dir / "run.json", {"environment": ctx.environment, "data": ctx.data.describe(),
-                                                     "baseline": ctx.state["baseline_origin"],
-                                                     "steps": [asdict(r) for r in ctx.records]})
+            _write_results(ctx)
         return ctx
+    except KeyboardInterrupt as err:
+        err.out_dir = out_dir  # type: ignore[attr-defined]  # the CLI's resume hint names it
+        raise
+    except Exception:
+        # Failed before any output (bad data, model, checkpoint): leave no run directory behind.
+        undo = rank == 0 and not resume and not (_state_dir(out_dir) / PROGRESS_FILE).is_file()
+        raise
     finally:
         lock.release()
+        if undo:
+            undo_prepare(out_dir, created=created)
+
+
+def _first_step(ctx: RunContext, resume: bool, verbose: bool) -> int:
+    """Index of the first step to execute (after the last completed one when resuming)."""
+    if not resume:
+        return 0
+    start = max(_load_progress(ctx) + 1, 0)
+    ctx.state["resume"] = True
+    if verbose and ctx.is_main:
+        print(f"resuming {ctx.out_dir} at step {start + 1}/{len(ctx.recipe.steps)}", flush=True)
+    return start
+
+
+def _record_baseline(ctx: RunContext) -> None:
+    """Measure the baseline; write the validated recipe, the baseline model and the first progress state."""
+    from .serialization import save
+
+    ctx.records.append(StepRecord("baseline", "baseline", ctx.measure(ctx.baseline),
+                                  {"origin": ctx.state["baseline_origin"]}))
+    if ctx.is_main:
+        atomic_write_text(ctx.out_dir / "recipe.yaml", yaml.safe_dump(recipe_to_data(ctx.recipe), sort_keys=False))
+        save(ctx.baseline, ctx.out_dir / "baseline.pt", spec=ctx.recipe.model.spec())
+        _save_progress(ctx, -1)
+
+
+def _write_results(ctx: RunContext) -> None:
+    """The compressed model and ``run.json`` (environment, data, every step's record)."""
+    from .serialization import save
+
+    save(ctx.model, ctx.out_dir / "model.pt", spec=ctx.recipe.model.spec())
+    atomic_write_json(ctx.out_dir / "run.json", {"environment": ctx.environment, "data": ctx.data.describe(),
+                                                 "baseline": ctx.state["baseline_origin"],
+                                                 "steps": [asdict(r) for r in ctx.records]})
 
 
 def _with_device(recipe: Recipe, device: str) -> Recipe:

@@ -1,12 +1,13 @@
 """Helpers shared by the measurement modules: leaf modules, input unpacking, train-mode restoration."""
 from __future__ import annotations
 
-import contextlib
 import itertools
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
+
+from ..modes import restore_training
 
 __all__ = ["leaf_modules", "forward_inputs", "restore_training", "tensor_shape", "model_device"]
 
@@ -23,17 +24,6 @@ def forward_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
     return (example_inputs,), {}
-
-
-@contextlib.contextmanager
-def restore_training(model: nn.Module) -> Iterator[nn.Module]:
-    """Restore every submodule's ``training`` flag on exit (modules may be in mixed modes, e.g. frozen BN)."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def tensor_shape(tensors: list[torch.Tensor]) -> list[int] | None:

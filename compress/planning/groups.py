@@ -7,18 +7,16 @@ planner knows which table entries a width change touches.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..measurement.util import restore_training
 from .shapes import ConvShape
 
-__all__ = ["ChannelGroup", "find_groups", "dependency_graph", "traceable"]
+__all__ = ["ChannelGroup", "find_groups", "dependency_graph"]
 
 
 @dataclass
@@ -47,45 +45,19 @@ class ChannelGroup:
         return self.producers + self.depthwise + self.consumers
 
 
-@contextlib.contextmanager
-def traceable(model: nn.Module) -> Iterator[None]:
-    # tp traces through autograd (grad must be on) and switches the model to eval mode
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    try:
-        for p in frozen:
-            p.requires_grad_(True)
-        with restore_training(model), torch.enable_grad():
-            yield
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
-
-
-def _customized() -> dict[type, Any]:
-    """Pruners for compress' channel-reordering modules, when the transforms package provides them."""
-    try:
-        from ..transforms.reorder import reorder_pruners
-    except ImportError:
-        return {}
-    return reorder_pruners()
-
-
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of ``model`` (grad enabled, modes and ``requires_grad`` restored)."""
-    with traceable(model):
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                     customized_pruners=_customized(), verbose=False)
+    """torch-pruning's dependency graph of ``model``, with compress' shuffle/permute pruners registered."""
+    from ..transforms.tp_compat import build_graph
+
+    return build_graph(model, example_inputs)
 
 
 def _locked(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
-    """Layers whose channels reach a channel shuffle/permute (pruning through those would mis-pair channels)."""
-    from ..transforms.modules import ChannelPermute, ChannelShuffle
+    """Layers whose channels cannot be pruned consistently (shuffles next to grouped convs, protected ends)."""
+    from ..transforms.layer_roles import locked_layers
+    from ..transforms.tp_compat import build_graph
 
-    if not any(isinstance(m, (ChannelPermute, ChannelShuffle)) for m in model.modules()):
-        return []
-    from ..transforms.reorder import locked_layers
-
-    return list(locked_layers(model, example_inputs))
+    return list(locked_layers(build_graph(model, example_inputs)))
 
 
 def _classify(group: Any, names: dict[nn.Module, str], shapes: dict[str, ConvShape],

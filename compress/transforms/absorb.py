@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .modules import ChannelPermute
 from .registry import replace_modules
-from .reorder import build_graph
+from .tp_compat import build_graph
 
 __all__ = ["absorb_permutes"]
 

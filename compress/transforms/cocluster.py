@@ -50,7 +50,8 @@ def balanced_coclusters(energy: torch.Tensor, groups: int, *, rows: torch.Tensor
         energy: ``(N, M)`` non-negative; ``groups`` must divide ``N`` and ``M``.
         groups: number of groups ``g``.
         rows / cols: fixed labels for one side (e.g. suggested by an analysis); only the other side is
-            optimised. Both given: returned unchanged.
+            optimised. Both given (e.g. two independent partitions): memberships stay, and the column groups are
+            renumbered so that matching groups hold the most energy.
         rounds: alternating refinement rounds.
 
     Returns:
@@ -62,7 +63,7 @@ def balanced_coclusters(energy: torch.Tensor, groups: int, *, rows: torch.Tensor
         return torch.zeros(n, dtype=torch.long), torch.zeros(m, dtype=torch.long)
     fixed_rows, fixed_cols = rows is not None, cols is not None
     if fixed_rows and fixed_cols:
-        return rows, cols
+        return rows, _match_groups(e, rows, cols, groups)
     if fixed_rows:
         return rows, _refine(e.T, rows, m // groups, groups)
     if fixed_cols:
@@ -83,6 +84,13 @@ def balanced_coclusters(energy: torch.Tensor, groups: int, *, rows: torch.Tensor
 
 def _onehot(labels: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, groups).double()
+
+
+def _match_groups(e: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, groups: int) -> torch.Tensor:
+    """``cols`` renumbered (memberships unchanged) so matching row and column groups share the most energy."""
+    # (g, g): the energy between column group b and row group a
+    blocks = _onehot(cols, groups).T @ e.T @ _onehot(rows, groups)
+    return _swap_improve(blocks, _greedy_assign(blocks, 1))[cols]
 
 
 def _refine(e: torch.Tensor, other: torch.Tensor, cap: int, groups: int) -> torch.Tensor:

@@ -24,7 +24,8 @@ import torch_pruning as tp
 from torch import nn
 from tqdm import tqdm
 
-from .tp_compat import ChannelOrigins, build_graph, out_channel_items, preserved_modes, prune_group
+from ..modes import restore_training
+from .tp_compat import ChannelOrigins, build_graph, out_channel_items, prune_group
 
 __all__ = ["DeadRemoval", "DeadSkip", "DeadReport", "remove_dead_channels", "relative_error", "model_outputs"]
 
@@ -120,7 +121,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
 @torch.no_grad()
 def model_outputs(model: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Eval-mode outputs (first tensor of each) of ``model`` on ``batches``; the model's modes are restored."""
-    with preserved_modes(model):
+    with restore_training(model):
         model.eval()
         return [_first_tensor(model(x)).float() for x in batches]
 

@@ -43,6 +43,7 @@ class GroupedConfig(RewriteConfig):
 
     kind = "grouped"
     options = ("groups", "energy_threshold")
+    reads_producer = True
 
     groups: int = 2
     out_perm: tuple[int, ...] | None = None
@@ -73,20 +74,22 @@ class GroupedConfig(RewriteConfig):
                 raise CompressError(f"grouped rewrite: {what} has {len(perm)} entries, expected {size}")
 
     @classmethod
-    def plan(cls, conv: nn.Conv2d, *, name: str = "", analysis: Any = None, groups: int | str = "auto",
-             energy_threshold: float = 0.9) -> "GroupedConfig":
+    def plan(cls, conv: nn.Conv2d, *, name: str = "", analysis: Any = None, producer: str | None = None,
+             groups: int | str = "auto", energy_threshold: float = 0.9) -> "GroupedConfig":
         """Resolve ``groups`` (an int or ``"auto"``) and the channel orders for ``conv``.
 
         ``"auto"``: the largest ``g`` dividing both channel counts whose kept energy is at least
-        ``energy_threshold``; :class:`CompressError` when even ``g = 2`` keeps less. Orders come from
-        ``analysis.suggest_groups(name, g)`` when the analysis offers one, else from the energy heuristic.
+        ``energy_threshold``; :class:`CompressError` when even ``g = 2`` keeps less. With an analysis
+        (:class:`compress.analysis.Analysis`), the output order groups ``conv``'s correlated output channels
+        (``analysis.group_permutation(name, g)``) and the input order those of ``producer``, the conv whose
+        outputs are ``conv``'s inputs; a side the analysis does not cover gets the energy heuristic.
         """
         cls.check_options(groups=groups, energy_threshold=energy_threshold)
         if groups == "auto":
-            groups = choose_groups(conv, energy_threshold, analysis=analysis, name=name)
+            groups = choose_groups(conv, energy_threshold, analysis=analysis, name=name, producer=producer)
         probe = cls(groups=groups)
         probe.check_layer(conv)
-        out_perm, in_perm = _orders(conv, groups, analysis, name)
+        out_perm, in_perm = _orders(conv, groups, _suggested(analysis, conv, groups, name, producer))
         return cls(groups=groups, out_perm=tuple(out_perm.tolist()), in_perm=tuple(in_perm.tolist()))
 
     def effective_weight(self, conv: nn.Conv2d, new: nn.Module) -> torch.Tensor:
@@ -112,17 +115,18 @@ def channel_energy(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.detach().double().pow(2).sum((2, 3)).cpu()
 
 
-def choose_groups(conv: nn.Conv2d, energy_threshold: float, *, analysis: Any = None, name: str = "") -> int:
+def choose_groups(conv: nn.Conv2d, energy_threshold: float, *, analysis: Any = None, name: str = "",
+                  producer: str | None = None) -> int:
     """Largest ``g >= 2`` dividing both channel counts whose grouping keeps ``>= energy_threshold`` of the energy.
 
     Candidates are tried in increasing order and the search stops at the first that fails: kept energy can
-    only fall as groups get smaller, up to the heuristic's slack.
+    only fall as groups get smaller, up to the heuristic's slack. Orders as in :meth:`GroupedConfig.plan`.
     """
     energy = channel_energy(conv)
     n, m = energy.shape
     best = 0
     for g in (d for d in range(2, min(n, m) + 1) if n % d == 0 and m % d == 0):
-        out_perm, in_perm = _orders(conv, g, analysis, name, energy=energy)
+        out_perm, in_perm = _orders(conv, g, _suggested(analysis, conv, g, name, producer), energy=energy)
         if kept_energy(energy, labels_from_perm(out_perm, g), labels_from_perm(in_perm, g)) < energy_threshold:
             break
         best = g
@@ -131,34 +135,40 @@ def choose_groups(conv: nn.Conv2d, energy_threshold: float, *, analysis: Any = N
     return best
 
 
-def _orders(conv: nn.Conv2d, groups: int, analysis: Any, name: str,
+def _orders(conv: nn.Conv2d, groups: int, suggested: PermPair,
             energy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel orders ``(out_perm, in_perm)``: analysis suggestion (possibly one side) completed by the heuristic."""
+    """Channel orders ``(out_perm, in_perm)``: the suggested ones (two independent suggestions get their groups
+    matched by energy), a missing side completed by the heuristic."""
     energy = channel_energy(conv) if energy is None else energy
-    out_perm, in_perm = _suggested(analysis, name, groups)
+    out_perm, in_perm = suggested
     rows = labels_from_perm(out_perm, groups) if out_perm is not None else None
     cols = labels_from_perm(in_perm, groups) if in_perm is not None else None
     rows, cols = balanced_coclusters(energy, groups, rows=rows, cols=cols)
     found_out, found_in = perms_from_labels(rows, cols)
-    # a suggested order is kept as given (its order within groups included)
-    return (found_out if out_perm is None else out_perm), (found_in if in_perm is None else in_perm)
+    return _arranged(out_perm, rows, found_out), _arranged(in_perm, cols, found_in)
 
 
-def _suggested(analysis: Any, name: str, groups: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Read ``analysis.suggest_groups(name, groups)``: ``(out_perm, in_perm)``, a mapping or an object with them."""
-    suggest = getattr(analysis, "suggest_groups", None)
-    got = suggest(name, groups) if callable(suggest) else None
-    if got is None:
-        return None, None
-    if isinstance(got, dict):
-        pair = (got.get("out_perm"), got.get("in_perm"))
-    elif hasattr(got, "out_perm") or hasattr(got, "in_perm"):
-        pair = (getattr(got, "out_perm", None), getattr(got, "in_perm", None))
-    else:
-        pair = tuple(got)
-    if len(pair) != 2:
-        raise CompressError(f"analysis.suggest_groups({name!r}, {groups}) must give (out_perm, in_perm)")
-    return tuple(None if p is None else torch.as_tensor(p, dtype=torch.long) for p in pair)  # type: ignore
+def _arranged(suggested: torch.Tensor | None, labels: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
+    """The suggested order with its groups moved to their final labels (the order within each group kept)."""
+    return found if suggested is None else suggested[torch.argsort(labels[suggested], stable=True)]
+
+
+def _suggested(analysis: Any, conv: nn.Conv2d, groups: int, name: str,
+               producer: str | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(out_perm, in_perm)`` from the analysis' correlation partitions of ``name`` and ``producer``, or ``None``s."""
+    return (_partition_order(analysis, name, groups, conv.out_channels),
+            _partition_order(analysis, producer, groups, conv.in_channels))
+
+
+def _partition_order(analysis: Any, layer: str | None, groups: int, channels: int) -> torch.Tensor | None:
+    """``analysis.group_permutation(layer, groups)`` ``(C,)`` when the analysis has ``layer``'s correlations."""
+    if analysis is None or not layer or layer not in analysis.info or not analysis.has_correlation(layer):
+        return None
+    measured = analysis.info[layer].channels
+    if measured != channels:
+        raise CompressError(f"grouped rewrite: the analysis has {measured} channels for {layer!r}, the model "
+                            f"{channels}; re-run 'analyze' after changing the model")
+    return analysis.group_permutation(layer, groups)
 
 
 def to_grouped(conv: nn.Conv2d, groups: int, *, perm: PermPair | None = None) -> nn.Module:

@@ -29,11 +29,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import CompressError
+from ..modes import restore_training
 from .dead import DeadReport, remove_dead_channels
 from .importance import IMPORTANCES, NEEDS_ANALYSIS, DeadFirst, make_importance
-from .tp_compat import (ChannelOrigins, build_graph, customized_pruners, link_index_maps, locked_layers,
-                        output_layers, preserved_modes, prune_group, replay_history, swap_shufflenet_blocks,
-                        traceable)
+from .layer_roles import locked_layers, output_layers
+from .tp_compat import (ChannelOrigins, build_graph, customized_pruners, link_index_maps,
+                        prune_group, replay_history, swap_shufflenet_blocks, traceable)
 
 __all__ = ["PruneResult", "prune", "count_macs_params", "STEP", "MAX_RATIO", "MACS_TOL"]
 
@@ -97,7 +98,7 @@ class PruneResult:
 @torch.no_grad()
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
     """``(MACs, params)`` of ``model`` for ``example_inputs`` with tp's op counter (the model is not changed)."""
-    with preserved_modes(model):
+    with restore_training(model):
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     return int(macs), int(params)
 
@@ -182,7 +183,7 @@ def _calib_batches(calib: Any) -> list[tuple[torch.Tensor, torch.Tensor | None]]
 def _accumulate_gradients(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
     """Loss gradients for Taylor importance; labels default to the model's own predictions."""
     model.zero_grad(set_to_none=True)
-    with torch.enable_grad(), preserved_modes(model):
+    with torch.enable_grad(), restore_training(model):
         model.eval()
         for x, y in batches:
             out = model(x)
@@ -245,7 +246,7 @@ class _Pruner:
                 customized_pruners=pruners, root_module_types=[nn.Conv2d, nn.Linear],
                 # tp's dict defaults are shared between instances and mutated: always pass fresh ones
                 in_channel_groups={}, out_channel_groups={}, num_heads={}, channel_groups={})
-        link_index_maps(pruner.DG, pruners)
+        link_index_maps(pruner.DG)
         for group in pruner.step(interactive=True):
             origins.record(group, names)
             prune_group(pruner.DG, group)

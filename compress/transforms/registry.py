@@ -35,10 +35,13 @@ class RewriteConfig(Config):
     Class attributes:
         kind: the recipe name of the rewrite (``"grouped"``, ...).
         options: keyword options :meth:`plan` accepts from the model-level applier.
+        reads_producer: :meth:`plan` also takes ``producer``, the qualified name of the conv whose output
+            channels are this conv's inputs (the applier finds it when given an analysis and example inputs).
     """
 
     kind: ClassVar[str] = ""
     options: ClassVar[tuple[str, ...]] = ()
+    reads_producer: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()  # built directly (not only via `parse`), so validate on construction

@@ -21,10 +21,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import CompressError
+from ..modes import restore_training
 from .absorb import absorb_permutes
 from .decompose import relative_error
+from .layer_roles import direct_producer
 from .modules import ChannelPermute
 from .registry import RewriteConfig, apply_config, config_for_kind, conv_problem, replace_modules
+from .tp_compat import build_graph
 
 __all__ = ["RewriteRecord", "rewrite", "conv_macs"]
 
@@ -77,9 +80,11 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
         model: the model, modified in place.
         kind: ``"grouped"``, ``"separable"``, ``"shuffle"``, ``"dilated"`` or ``"bottleneck"``.
         layers: exact qualified module names.
-        analysis: an Analysis; grouped rewrites use its ``suggest_groups(name, g)`` when present.
-        example_inputs: one input batch ``(B, C, H, W)`` on the model's device; enables MACs, output errors
-            and folding of channel permutes into neighbouring layers.
+        analysis: a :class:`compress.analysis.Analysis` of this model; grouped rewrites order output channels by
+            the layer's correlation partition and, given ``example_inputs``, input channels by the partition of
+            the conv producing them (see :meth:`compress.transforms.grouped.GroupedConfig.plan`).
+        example_inputs: one input batch ``(B, C, H, W)`` on the model's device; enables MACs, output errors,
+            producer lookup and folding of channel permutes into neighbouring layers.
         include / exclude: fnmatch patterns over qualified names.
         min_channels: minimum of in and out channels.
         kernel_sizes: allowed (square) kernel sizes, e.g. ``(1,)``; ``None``: any.
@@ -109,10 +114,13 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
     records, eligible = _candidates(model, kind, config_cls, _select(model, layers, include, exclude),
                                     min_channels, kernel_sizes)
     inputs = _capture_inputs(model, eligible, example_inputs)
+    wants_producer = analysis is not None and config_cls.reads_producer
+    producers = _producers(model, eligible, example_inputs) if wants_producer else {}
     new_modules: dict[str, nn.Module] = {}
     for name, conv in tqdm(eligible.items(), desc=f"rewrite {kind}", leave=False, disable=not verbose):
+        context = {"producer": producers.get(name)} if config_cls.reads_producer else {}
         records[name], new = _rewrite_one(name, kind, conv, config_cls, analysis, inputs.get(name), allow_growth,
-                                          params)
+                                          {**params, **context})
         if new is not None:
             new_modules[name] = new
     replace_modules(model, lambda n, m: new_modules[n], lambda n, m: n in new_modules)
@@ -169,7 +177,8 @@ def _candidates(model: nn.Module, kind: str, config_cls: type[RewriteConfig],
 def _rewrite_one(name: str, kind: str, conv: nn.Conv2d, config_cls: type[RewriteConfig], analysis: Any,
                  x: torch.Tensor | None, allow_growth: bool,
                  params: dict[str, Any]) -> tuple[RewriteRecord, nn.Module | None]:
-    """Plan and build one replacement; its record and the module (``None`` when skipped)."""
+    """Plan and build one replacement (``params``: the kind's options and plan context); its record and the
+    module (``None`` when skipped)."""
     try:
         config = config_cls.plan(conv, name=name, analysis=analysis, **params)
         new = apply_config(conv, config)
@@ -201,6 +210,19 @@ def _problem(name: str, module: nn.Module, config_cls: type[RewriteConfig], min_
     return config_cls.eligibility(module)
 
 
+def _producers(model: nn.Module, convs: dict[str, nn.Conv2d], example_inputs: torch.Tensor | None) -> dict[str, str]:
+    """For each conv, the qualified name of the conv whose output channels are its inputs (where there is one)."""
+    if example_inputs is None or not convs:
+        return {}
+    try:
+        graph = build_graph(model, example_inputs)
+    except Exception:  # noqa: BLE001  the lookup is optional: a model tp cannot trace keeps the weight heuristic
+        return {}
+    names = {m: n for n, m in model.named_modules()}
+    found = {name: direct_producer(graph, conv) for name, conv in convs.items()}
+    return {name: names[p] for name, p in found.items() if p in names}
+
+
 def _capture_inputs(model: nn.Module, convs: dict[str, nn.Conv2d],
                     example_inputs: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Each conv's input on its first call during one eval-mode forward of ``example_inputs``."""
@@ -214,16 +236,13 @@ def _capture_inputs(model: nn.Module, convs: dict[str, nn.Conv2d],
         return store
 
     handles = [conv.register_forward_hook(hook(name)) for name, conv in convs.items()]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with restore_training(model), torch.no_grad():
+            model.eval()
             model(example_inputs)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     return seen
 
 

@@ -32,10 +32,8 @@ from ..errors import CompressError
 from .decompose import cp_als, svd_factors
 from .modules import ChannelShuffle
 from .registry import RewriteConfig, apply_config, conv_problem, register_handler
-from .reorder import ChannelShufflePruner, register_shuffle_pruner
 
-__all__ = ["ShuffleConfig", "to_shuffled", "shuffle_effective_weight", "ChannelShufflePruner",
-           "register_shuffle_pruner"]
+__all__ = ["ShuffleConfig", "to_shuffled", "shuffle_effective_weight"]
 
 
 @dataclasses.dataclass(frozen=True)

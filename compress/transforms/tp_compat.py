@@ -6,18 +6,23 @@ Three things torch-pruning cannot do on its own, fixed here without re-implement
   mapping divides by zero on. :func:`swap_shufflenet_blocks` replaces each of its ``InvertedResidual`` blocks
   with :class:`ShuffleV2Block` (same submodules, a :class:`~compress.transforms.modules.ChannelShuffle` module,
   and a split sized from ``branch2`` instead of ``chunk(2)`` so unequal pruning of the halves stays valid).
-* A channel shuffle permutes channels, and pruning must remove the same position from every shuffle group.
-  :class:`ChannelShufflePruner` plus explicit index-mapped dependencies (added by :func:`build_graph`) express
-  exactly that in tp's own dependency graph.
+* A channel shuffle or permutation reorders channels: pruning input channel ``i`` must remove the output channel
+  it lands on (for a shuffle, the same position from every shuffle group). :class:`ChannelShufflePruner` /
+  :class:`ChannelPermutePruner` plus explicit index-mapped dependencies (added by :func:`build_graph`) express
+  exactly that in tp's own dependency graph. Where that mapping would unbalance a grouped conv, the channels are
+  locked instead (:func:`compress.transforms.layer_roles.locked_layers`).
 * ``build_dependency`` needs autograd enabled and calls ``model.eval()``; :func:`build_graph` enables grad and
   restores every submodule's train/eval mode afterwards.
+
+This is the one set of tp extensions for compress' modules: pruning, dead-channel removal and the rewrites'
+permute folding and producer lookup all build their graphs with :func:`build_graph`.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
 import sys
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 import torch_pruning as tp
@@ -25,12 +30,12 @@ from torch import nn
 from torch_pruning import _helpers
 from torch_pruning.dependency import Dependency
 
+from ..modes import restore_training
 from .modules import ChannelPermute, ChannelShuffle
 
 __all__ = ["ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
-           "shuffle_permutation", "customized_pruners", "preserved_modes", "traceable", "link_index_maps",
-           "build_graph", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins", "output_layers",
-           "prune_group", "replay_history", "locked_layers"]
+           "shuffle_permutation", "customized_pruners", "traceable", "link_index_maps",
+           "build_graph", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins", "prune_group", "replay_history"]
 
 
 class ShuffleV2Block(nn.Module):
@@ -213,37 +218,27 @@ def customized_pruners() -> dict[type, tp.pruner.BasePruningFunc]:
 
 
 @contextlib.contextmanager
-def preserved_modes(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's ``training`` flag on exit (tp's tracing calls ``model.eval()``)."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-@contextlib.contextmanager
-def traceable(model: nn.Module, pruners: dict[type, tp.pruner.BasePruningFunc]) -> Iterator[None]:
+def traceable(model: nn.Module, pruners: Mapping[type, tp.pruner.BasePruningFunc] | None = None) -> Iterator[None]:
     """While active, tp can trace ``model``: grad on (frozen parameters too), modes restored, shuffles as one op.
 
     A forward hook swaps each :class:`ChannelShuffle` output for the identical ``index_select`` of its input, so
     autograd links the shuffle directly to its producer (tp would otherwise trace the internal view/transpose)
     and records the channel count for :class:`ChannelShufflePruner`.
     """
-    shuffle_pruner = pruners[ChannelShuffle]
+    shuffle_pruner = (pruners or {}).get(ChannelShuffle)
 
     def hook(module: ChannelShuffle, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
         shuffle_pruner.channels[module] = x.shape[1]
         return x.index_select(1, shuffle_permutation(x.shape[1], module.groups).to(x.device))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ChannelShuffle)]
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if shuffle_pruner is not None and isinstance(m, ChannelShuffle)]
     frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
         for p in frozen:  # tp traces autograd: a frozen layer would leave no grad_fn to trace
             p.requires_grad_(True)
-        with torch.enable_grad(), preserved_modes(model):
+        with torch.enable_grad(), restore_training(model):
             yield
     finally:
         for p in frozen:
@@ -252,14 +247,17 @@ def traceable(model: nn.Module, pruners: dict[type, tp.pruner.BasePruningFunc]) 
             h.remove()
 
 
-def link_index_maps(graph: "tp.DependencyGraph", pruners: dict[type, tp.pruner.BasePruningFunc]) -> None:
-    """Add the index-mapped input<->output dependencies of every traced shuffle / permute module to ``graph``."""
+def link_index_maps(graph: "tp.DependencyGraph") -> None:
+    """Add the index-mapped input<->output dependencies of every shuffle / permute module traced in ``graph``.
+
+    Only modules handled by :class:`ChannelShufflePruner` / :class:`ChannelPermutePruner` are linked; a module
+    registered with another pruner (e.g. a boundary that decouples its two sides) is left as it is.
+    """
     for module, node in graph.module2node.items():
-        if isinstance(module, ChannelShuffle):
-            pruner = pruners[ChannelShuffle]
+        pruner = graph.get_pruner_of_module(module)
+        if isinstance(pruner, ChannelShufflePruner):
             forward, backward = (_ShuffleIndexMapping(pruner, module, to_output=flag) for flag in (True, False))
-        elif isinstance(module, ChannelPermute):
-            pruner = pruners[ChannelPermute]
+        elif isinstance(pruner, ChannelPermutePruner):
             forward, backward = (_PermuteIndexMapping(module, to_output=flag) for flag in (True, False))
         else:
             continue
@@ -346,83 +344,19 @@ def replay_history(graph: "tp.DependencyGraph", history: list) -> None:
         prune_group(graph, graph.get_pruning_group(module, fn, idxs))
 
 
-def _walk(start: Any, step: Callable[[Any], list], stop: Callable[[Any], bool]) -> list:
-    """Nodes where ``stop`` holds, reached from ``start`` through nodes where it does not (not ``start`` itself)."""
-    stack, seen, found = list(step(start)), {start}, []
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if stop(node):
-            found.append(node)
-        else:
-            stack.extend(step(node))
-    return found
-
-
-def _mixes(node: Any) -> bool:
-    return isinstance(node.module, (nn.Conv2d, nn.Linear)) and node.type != tp.ops.OPTYPE.DEPTHWISE_CONV
-
-
-def _multiplier_depthwise(module: nn.Module) -> bool:
-    """A depthwise conv with channel multiplier > 1 (``groups == in_channels < out_channels``)."""
-    if not isinstance(module, nn.Conv2d):
-        return False
-    return module.groups == module.in_channels > 1 and module.out_channels != module.in_channels
-
-
-def locked_layers(graph: "tp.DependencyGraph") -> set[nn.Module]:
-    """Layers whose output channels tp cannot prune consistently here; pass them as ignored layers.
-
-    * Producers of a :class:`ChannelShuffle` whose output feeds a grouped conv: removing one position from every
-      shuffle group takes ``groups`` adjacent output channels, which all sit in one group of the grouped
-      consumer and would unbalance it.
-    * Producers of a depthwise conv with channel multiplier > 1 (the separable rewrite's
-      ``Conv2d(M, M*T, groups=M)``): tp 1.6's importance code indexes its weight's size-1 input axis and fails.
-    """
-    locked: set[nn.Module] = set()
-    for module, node in graph.module2node.items():
-        consumers = _walk(node, lambda n: n.outputs, _mixes) if isinstance(module, ChannelShuffle) else []
-        shuffle_into_grouped = any(isinstance(c.module, nn.Conv2d) and c.module.groups > 1 for c in consumers)
-        if shuffle_into_grouped or _multiplier_depthwise(module):
-            locked.update(p.module for p in _walk(node, lambda n: n.inputs, _mixes))
-    return locked
-
-
-def output_layers(graph: "tp.DependencyGraph") -> set[nn.Module]:
-    """Convs / linears whose output channels reach the model output unchanged in number (the classifier).
-
-    Found by walking back from the graph's sinks (the traced outputs) through channel-preserving ops (BN,
-    activations, pooling, flatten, adds, concatenations, depthwise convs) to the first channel-mixing conv /
-    linear on each path, so a final conv classifier (SqueezeNet) is found as well as a final ``Linear``.
-    """
-    stack = [node for node in graph.module2node.values() if not node.outputs]
-    seen, found = set(), set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        module = node.module
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            found.add(module)
-            if node.type != tp.ops.OPTYPE.DEPTHWISE_CONV:
-                continue
-        stack.extend(node.inputs)
-    return found
-
-
-def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> "tp.DependencyGraph":
+def build_graph(model: nn.Module, example_inputs: torch.Tensor, *,
+                pruners: Mapping[type, tp.pruner.BasePruningFunc] | None = None) -> "tp.DependencyGraph":
     """tp's ``DependencyGraph`` of ``model`` with compress' modules handled (grad enabled, modes restored).
 
     Args:
         model: the network; not modified.
         example_inputs: a batch for tracing, e.g. shape ``(1, C, H, W)``.
+        pruners: tp pruning functions replacing those of :func:`customized_pruners` for some module types
+            (e.g. a boundary pruner that decouples a permute's two sides to find the groups on each side).
     """
-    pruners = customized_pruners()
+    pruners = {**customized_pruners(), **(pruners or {})}
     with traceable(model, pruners):
         graph = tp.DependencyGraph().build_dependency(model, example_inputs, customized_pruners=pruners,
                                                       verbose=False)
-    link_index_maps(graph, pruners)
+    link_index_maps(graph)
     return graph

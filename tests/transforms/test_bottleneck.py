@@ -11,14 +11,6 @@ from compress.transforms.bottleneck import BottleneckConfig, bottleneck_effectiv
 from compress.transforms.decompose import relative_error
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_full_rank_is_exact_and_keeps_conv_options():
     conv = nn.Conv2d(8, 6, 3, stride=2, padding=2, dilation=2, dtype=torch.float64)
     x = torch.randn(2, 8, 10, 10, dtype=torch.float64)

@@ -6,18 +6,11 @@ import torch
 from torch import nn
 
 from compress.errors import CompressError
-from compress.transforms import ChannelPermute, to_grouped
+import compress
+from compress.transforms import ChannelPermute, rewrite, to_grouped
 from compress.transforms.cocluster import balanced_coclusters, kept_energy
 from compress.transforms.decompose import relative_error
 from compress.transforms.grouped import GroupedConfig, channel_energy, choose_groups, grouped_effective_weight
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _hidden_blocks(n: int, m: int, g: int, *, noise: float = 0.0, k: int = 3) -> tuple[nn.Conv2d, tuple]:
@@ -89,23 +82,78 @@ def test_auto_groups_picks_the_hidden_group_count():
         choose_groups(nn.Conv2d(16, 16, 3), 0.9)  # random weights keep about half at g = 2
 
 
-class _Suggests:
-    def __init__(self, out_perm):
-        self.out_perm, self.calls = out_perm, []
+def _hidden_group_net(g: int, per_group: int, *, blocky: bool = True) -> tuple[nn.Sequential, list]:
+    """``0``: 1x1 conv whose outputs form ``g`` correlated blocks under a hidden permutation (each output reads its
+    block's shared input factor plus a private noise input, as in the analysis tests' ``block_model``); ``1``: a
+    1x1 conv reading only within those blocks, its outputs hidden-permuted too (``blocky=False``: dense random
+    weights). Returns the net and 4 batches."""
+    gen = torch.Generator().manual_seed(0)
+    c, stride = g * per_group, per_group + 1
+    hidden = torch.randperm(c, generator=gen)
+    block, rank = hidden // per_group, hidden % per_group  # each channel's hidden block and place in it
+    producer, consumer = nn.Conv2d(g * stride, c, 1, bias=False), nn.Conv2d(c, c, 1, bias=False)
+    with torch.no_grad():
+        producer.weight.zero_()
+        for j in range(c):
+            b = int(block[j])
+            producer.weight[j, b * stride, 0, 0] = 0.7 + 0.6 * float(torch.rand(1, generator=gen))
+            producer.weight[j, b * stride + 1 + int(rank[j]), 0, 0] = 0.3
+        mask = (block[:, None] == block[None, :]).to(consumer.weight.dtype)[torch.randperm(c, generator=gen)]
+        mask = mask if blocky else torch.ones_like(mask)
+        consumer.weight.copy_((0.5 + torch.rand(c, c, generator=gen)).mul(mask)[..., None, None])
+    batches = [(torch.randn(8, g * stride, 4, 4, generator=gen), torch.zeros(8, dtype=torch.long))
+               for _ in range(4)]
+    return nn.Sequential(producer, consumer).eval(), batches
 
-    def suggest_groups(self, name, groups):
-        self.calls.append((name, groups))
-        return {"out_perm": self.out_perm, "in_perm": None}
+
+def _chunks(perm, g: int) -> set[frozenset[int]]:
+    """The groups a channel order lays out contiguously, as sets (their order is free)."""
+    perm = [int(c) for c in perm]
+    size = len(perm) // g
+    return {frozenset(perm[k * size:(k + 1) * size]) for k in range(g)}
 
 
-def test_analysis_suggestion_is_used_and_completed():
-    conv, _ = _hidden_blocks(8, 8, 2)
-    out_perm = torch.randperm(8)
-    analysis = _Suggests(out_perm)
-    config = GroupedConfig.plan(conv, name="features.0", analysis=analysis, groups=2)
-    assert analysis.calls == [("features.0", 2)]
-    assert config.out_perm == tuple(out_perm.tolist())
-    assert sorted(config.in_perm) == list(range(8))
+def _partition(analysis, layer: str, g: int) -> set[frozenset[int]]:
+    return {frozenset(group) for group in analysis.suggest_groups(layer, g)}
+
+
+def _random_kept(conv: nn.Conv2d, g: int, seed: int) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    rows, cols = (torch.randperm(n, generator=gen) % g for n in (conv.out_channels, conv.in_channels))
+    return kept_energy(channel_energy(conv), rows, cols)
+
+
+def test_real_analysis_partitions_order_the_grouped_rewrite():
+    g = 4
+    net, batches = _hidden_group_net(g, per_group=4)
+    analysis = compress.analyze(net, batches, verbose=False)
+    config = GroupedConfig.plan(net[1], name="1", analysis=analysis, producer="0", groups=g)
+    assert config.out_perm == tuple(analysis.group_permutation("1", g).tolist())
+    assert _chunks(config.in_perm, g) == _partition(analysis, "0", g)  # its groups matched to the outputs'
+    kept = config.describe(net[1])["energy_kept"]
+    assert kept > 0.999  # the hidden blocks, found from activations alone
+    assert kept > max(_random_kept(net[1], g, seed) for seed in range(5)) + 0.4  # random: about 1/g
+
+
+def test_rewrite_finds_the_producer_for_the_input_order():
+    g = 4
+    net, batches = _hidden_group_net(g, per_group=4, blocky=False)  # weights alone do not show the blocks
+    analysis = compress.analyze(net, batches, verbose=False)
+    x = batches[0][0][:1]
+    heuristic = GroupedConfig.plan(net[1], groups=g)
+    assert _chunks(heuristic.in_perm, g) != _partition(analysis, "0", g)
+    records = rewrite(net, "grouped", layers=["1"], analysis=analysis, example_inputs=x, groups=g, min_channels=1,
+                      absorb=False)
+    assert records[0].skipped is None and records[0].output_error is not None
+    assert _chunks(net[1].permute_in.perm, g) == _partition(analysis, "0", g)
+
+
+def test_stale_analysis_is_refused_per_layer():
+    net, batches = _hidden_group_net(2, per_group=4)
+    analysis = compress.analyze(net, batches, verbose=False)
+    wider = nn.Conv2d(10, 16, 1)
+    with pytest.raises(CompressError, match="re-run 'analyze'"):
+        GroupedConfig.plan(wider, name="1", analysis=analysis, groups=2)
 
 
 def test_output_dtype_shape_and_options():

@@ -12,9 +12,10 @@ from torch import nn
 from compress.analysis.dead import DeadChannel
 from compress.transforms.dead import remove_dead_channels
 from compress.transforms.modules import ChannelPermute, ChannelShuffle
+from compress.transforms.layer_roles import locked_layers, output_layers
 from compress.transforms.prune import prune
-from compress.transforms.tp_compat import (ChannelOrigins, build_graph, output_layers, prune_group, replay_history,
-                                           locked_layers, shuffle_permutation, swap_shufflenet_blocks)
+from compress.transforms.tp_compat import (ChannelOrigins, build_graph, prune_group, replay_history,
+                                           shuffle_permutation, swap_shufflenet_blocks)
 
 
 class ShuffleNet(nn.Module):
@@ -97,6 +98,19 @@ def test_shuffle_into_grouped_conv_is_locked():
     assert locked_layers(graph) == {model.c1}
     result = prune(model, torch.randn(1, 3, 12, 12), ratio=0.3)
     assert "c1" in result.ignored and model.c1.out_channels == 32 and model.c2.out_channels < 32
+
+
+@pytest.mark.parametrize("g1, g2", [(4, 1), (1, 4)])
+def test_permute_next_to_a_grouped_conv_is_locked(g1, g2):
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 3, 12, 12)
+    assert locked_layers(build_graph(ShuffleNet(ChannelPermute(perm)), x)) == set()  # dense: index-mapped
+    model = ShuffleNet(ChannelPermute(perm), g1=g1, g2=g2).eval()
+    assert locked_layers(build_graph(model, x)) == {model.c1}
+    result = prune(model, x, ratio=0.3)
+    assert "c1" in result.ignored and model.mix.perm.numel() == model.c1.out_channels == 32
+    assert model.stem.out_channels < 32 and model.c2.out_channels < 32
+    assert model(torch.randn(2, 3, 12, 12)).shape == (2, 10)
 
 
 def test_channel_permute_prunes_each_channel_independently():

@@ -14,14 +14,6 @@ from compress.transforms import ChannelPermute, RewriteRecord, rewrite
 from compress.transforms.decompose import relative_error
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Block(nn.Module):
     """A ResNet basic block (residual add couples the channels of conv2, the input and the next reader)."""
 

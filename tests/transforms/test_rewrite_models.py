@@ -32,14 +32,6 @@ SUBSETS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pristine():
     """One random-init instance per architecture (vgg11_bn takes seconds to build); tests copy them."""

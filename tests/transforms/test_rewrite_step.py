@@ -14,14 +14,6 @@ from compress.recipe import registry
 from compress.transforms.rewrite_step import RewriteStep, run_rewrite
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("data", [
     {"kind": "grouped"},
     {"kind": "grouped", "groups": "auto", "energy_threshold": 0.8},

@@ -11,15 +11,6 @@ from compress.transforms.decompose import relative_error
 from compress.transforms.separable import SeparableConfig, separable_effective_weight, separable_errors
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny LAPACK calls slow down badly when BLAS threads spin on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _conv(dtype=torch.float64, **kw) -> nn.Conv2d:
     options = dict(kernel_size=3, stride=2, padding=2, dilation=2)
     options.update(kw)

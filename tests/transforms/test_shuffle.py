@@ -11,14 +11,6 @@ from compress.transforms.decompose import relative_error
 from compress.transforms.shuffle import ShuffleConfig, shuffle_effective_weight
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _set_weight(conv: nn.Conv2d, weight: torch.Tensor) -> nn.Conv2d:
     with torch.no_grad():
         conv.weight.copy_(weight.reshape(conv.weight.shape))
