@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 from .errors import CompressError
+from .io import atomic_write_text
 
-__all__ = ["prepare_out_dir", "OutDirLock", "MARKER"]
+__all__ = ["prepare_out_dir", "undo_prepare", "OutDirLock", "MARKER", "LOCK"]
 
 MARKER = ".compress-run"  # present in every directory a run created; --force only deletes such directories
 LOCK = ".lock"
@@ -31,9 +32,11 @@ class OutDirLock:
         self.held = False
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+        """Take the lock; raise :class:`CompressError` while a live process holds it."""
+        for _ in range(3):  # a stale lock is removed and the link retried
+            if self._link():
+                self.held = True
+                return
             try:
                 pid = int(self.path.read_text().strip() or 0)
             except (OSError, ValueError):
@@ -42,10 +45,36 @@ class OutDirLock:
                 raise CompressError(f"{self.path.parent}: another compress run (pid {pid}) is using this output "
                                     "directory; wait for it or choose another --out") from None
             self.path.unlink(missing_ok=True)  # stale: its owner died
-            return self.acquire()
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        self.held = True
+        raise CompressError(f"{self.path}: cannot take the lock (it keeps reappearing); another run is starting here")
+
+    def _link(self) -> bool:
+        """Create the lock file with our pid already in it: write a private file, then hard-link it into place.
+
+        ``os.link`` fails when the lock exists, so creation is exclusive, and a reader never sees an empty lock
+        (which an ``O_EXCL`` create followed by a write would show for a moment).
+        """
+        mine = self.path.with_name(f"{LOCK}.{os.getpid()}")
+        atomic_write_text(mine, str(os.getpid()))
+        try:
+            os.link(mine, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: exclusive create, then write
+            return self._create()
+        finally:
+            mine.unlink(missing_ok=True)
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+        return True
 
     def release(self) -> None:
         if self.held:
@@ -68,7 +97,7 @@ def prepare_out_dir(out_dir: str | Path, *, force: bool = False, resume: bool = 
         out_dir: the directory.
         force: allow reusing a non-empty directory; one created by an earlier run is emptied first.
         resume: the directory must hold an earlier run; nothing is deleted.
-        protected: user files (checkpoints, data) that must never be inside a directory we delete.
+        protected: user files and directories (checkpoint, data root) never to be inside a directory we delete.
 
     Raises:
         CompressError: the directory holds outputs and neither ``force`` nor ``resume`` is set, or resume finds
@@ -88,10 +117,29 @@ def prepare_out_dir(out_dir: str | Path, *, force: bool = False, resume: bool = 
         if (out / MARKER).is_file():
             resolved = out.resolve()
             for path in protected:
-                if path and resolved in Path(path).resolve().parents:
-                    raise CompressError(f"--out {out}: holds {path}, a file this run reads; refusing to delete it")
+                if path and (resolved == Path(path).resolve() or resolved in Path(path).resolve().parents):
+                    raise CompressError(f"--out {out}: holds {path}, which this run reads; refusing to delete it "
+                                        "(choose another --out)")
             OutDirLock(out).acquire()  # refuses while another run uses it; released by the rmtree
             shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("created by compress.run\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / MARKER, "created by compress.run\n")
+    except OSError as err:
+        raise CompressError(f"--out {out}: cannot create the output directory ({err.strerror or err})") from None
     return out
+
+
+def undo_prepare(out_dir: str | Path, *, created: bool) -> None:
+    """Undo :func:`prepare_out_dir` for a new run that failed before writing any output.
+
+    Removes the marker, and the directory itself when this run ``created`` it and it is now empty (call after
+    the lock is released). A user's files in a reused directory are never touched.
+    """
+    out = Path(out_dir)
+    (out / MARKER).unlink(missing_ok=True)
+    if created:
+        try:
+            out.rmdir()
+        except OSError:  # not empty (or already gone): leave it
+            pass

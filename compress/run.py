@@ -7,12 +7,20 @@ A killed run continues with ``--resume OUT``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Iterator
 
 from .errors import EXIT_USER_ERROR, CompressError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "EXIT_INTERRUPTED"]
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,17 +43,48 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import run_recipe
 
     try:
-        run_recipe(recipe_path=args.recipe, out=args.resume or args.out, device=args.device, overrides=args.set,
-                   force=args.force, resume=bool(args.resume), verbose=not args.quiet)
+        with _sigterm_as_interrupt():
+            run_recipe(recipe_path=args.recipe, out=args.resume or args.out, device=args.device,
+                       overrides=args.set, force=args.force, resume=bool(args.resume), verbose=not args.quiet)
     except CompressError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        out = args.resume or args.out or "OUT"
-        print(f"\ninterrupted; continue with: python -m compress.run {args.recipe or ''} --resume {out}".replace("  ", " "),
+    except KeyboardInterrupt as err:
+        print(f"\ninterrupted; continue with: {_resume_command(args, getattr(err, 'out_dir', None))}",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _resume_command(args: argparse.Namespace, out_dir: Path | None) -> str:
+    """The command that continues this run: same recipe, overrides and device (resume checks the recipe)."""
+    parts = ["python -m compress.run"]
+    if args.recipe:
+        parts.append(shlex.quote(args.recipe))
+    parts += ["--resume", shlex.quote(str(out_dir or args.resume or args.out or "OUT"))]
+    if args.device:
+        parts += ["--device", shlex.quote(args.device)]
+    parts += [f"--set {shlex.quote(item)}" for item in args.set]
+    return " ".join(parts)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (a scheduler's or ``kill``'s stop request) like Ctrl-C: stop resumably, exit 130.
+
+    The training loop installs its own handler while it runs, to checkpoint before stopping.
+    """
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ..errors import CompressError
 from .accumulate import ChannelAccumulator
+from .finite import check_finite_statistics, check_finite_weights
 from .result import Analysis, LayerInfo
 from .trace import Chain, trace_chains
 
@@ -175,6 +176,7 @@ def _build(model: nn.Module, convs: dict[str, nn.Conv2d], collector: _Collector,
         if not acc.full_covariance:
             notes.append(f"{name}: {conv.out_channels} channels exceed max_channels_for_correlation; "
                          "correlation matrix skipped")
+    check_finite_statistics(info, stats)
     repeated = sorted(c for c, k in Counter(collector.keys.values()).items() if k > 1)
     notes += [f"{name}: called several times per forward; statistics pool all calls" for name in repeated]
     return Analysis(info=info, stats=stats, cov=cov, batches=batches, images=images, notes=notes)
@@ -204,7 +206,8 @@ def analyze(model: nn.Module, loader: Iterable, *, max_batches: int | None = Non
         every rank returns the same statistics (every rank must see at least one batch).
 
     Raises:
-        CompressError: no conv in the model, an empty loader, bad batches or bad arguments.
+        CompressError: no conv in the model, an empty loader, bad batches or bad arguments; NaN/Inf in a
+            weight (named) or in a layer's activations (the first such layer is named).
     """
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise CompressError(f"analysis: max_batches must be None or an integer >= 1, got {max_batches!r}")
@@ -214,6 +217,7 @@ def analyze(model: nn.Module, loader: Iterable, *, max_batches: int | None = Non
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     if not convs:
         raise CompressError(f"analysis: {type(model).__name__} has no nn.Conv2d layer to analyze")
+    check_finite_weights(model)
     with _placed(model, device) as target, _eval_mode(model):
         collector, batches, images = _run(model, loader, convs, max_batches=max_batches, device=target,
                                           verbose=verbose, max_channels=max_channels_for_correlation)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..errors import CompressError
+from .checks import check_labels, check_nonempty
 from .config import SOURCES, DataConfig
 from .idx import read_idx
 from .sources import load_source
@@ -48,11 +48,6 @@ class DataBundle:
                 "input_shape": list(self.input_shape), "sizes": dict(self.sizes)}
 
 
-def _check_nonempty(dataset: Dataset, what: str) -> None:
-    if len(dataset) == 0:
-        raise CompressError(f"data: the {what} split is empty (check data.root and the *_subset options)")
-
-
 def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
     """Load ``cfg.source`` and build the four loaders.
 
@@ -64,8 +59,9 @@ def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
         CompressError: data missing, empty or inconsistent.
     """
     train_full, test, num_classes = load_source(cfg, seed=seed)
-    _check_nonempty(train_full, "train")
-    _check_nonempty(test, "test")
+    for dataset, what in ((train_full, "train"), (test, "test")):
+        check_nonempty(dataset, what)
+        check_labels(dataset, num_classes, what, source=cfg.source)
     n = len(train_full)
     val_size = min(cfg.val_size, n // 5) if n > 1 else 0
     train = Subset(train_full, range(n - val_size)) if val_size else train_full

@@ -6,9 +6,10 @@ from typing import Literal
 
 from ..config import Config, check
 
-__all__ = ["DataConfig", "SOURCES"]
+__all__ = ["DataConfig", "SOURCES", "MAX_SYNTHETIC_GIB"]
 
 SOURCES = ("fashion-mnist", "imagefolder", "cifar10", "synthetic")
+MAX_SYNTHETIC_GIB = 8
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,14 @@ class DataConfig(Config):
         check(self.num_classes >= 2, "num_classes", "an integer >= 2", self.num_classes)
         check(self.synthetic_size >= 2, "synthetic_size", "an integer >= 2", self.synthetic_size)
         check(self.workers >= 0, "workers", "an integer >= 0", self.workers)
+        if self.source == "synthetic":
+            self._check_synthetic_memory()
+
+    def _check_synthetic_memory(self) -> None:
+        # synthetic images are generated in memory (float32) before anything runs: refuse sizes that cannot fit
+        side = self.resize or self.image_size
+        images = (self.train_subset or self.synthetic_size) + (self.test_subset or max(self.synthetic_size // 4, 2))
+        gib = images * (self.channels or 3) * side * side * 4 / 2**30
+        check(gib <= MAX_SYNTHETIC_GIB, "synthetic_size",
+              f"at most {MAX_SYNTHETIC_GIB} GiB of float32 images (this size and image_size need {gib:.3g} GiB)",
+              self.synthetic_size)

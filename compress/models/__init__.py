@@ -108,9 +108,16 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
-                return dict(obj[key])
-        if all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return {k.removeprefix("module."): v for k, v in obj.items()}
+                obj = obj[key]
+                break
+        odd = next((k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+        if obj and odd is None:
+            if all(k.startswith("module.") for k in obj):  # saved from a DataParallel/DDP wrapper
+                return {k.removeprefix("module."): v for k, v in obj.items()}
+            return dict(obj)
+        got = "an empty mapping" if not obj else f"a mapping whose entry {odd!r} is not a tensor"
+        raise CompressError(f"model.checkpoint: {path}: expected a state_dict (name -> tensor) or a whole "
+                            f"nn.Module, got {got}")
     raise CompressError(f"model.checkpoint: {path}: expected a state_dict (name -> tensor) or a whole nn.Module, "
                         f"got {type(obj).__name__}")
 
@@ -119,7 +126,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load weights from ``path`` into ``model`` strictly; the file is only read, never modified.
 
     Raises:
-        CompressError: unreadable file, missing/unexpected keys or shape mismatches (all listed).
+        CompressError: unreadable file, missing/unexpected keys or shape mismatches (all listed), NaN/Inf values.
     """
     path = Path(path)
     state = _extract_state_dict(_read_checkpoint(path), path)
@@ -135,5 +142,16 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
                 lines.append(f"  {title}: {shown}")
         raise CompressError("\n".join(lines))
+    _check_finite(state, path)
     model.load_state_dict(state)
     return model
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN/Inf: every later step would only propagate them."""
+    bad = [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()} values)" for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:8]) + (f", ... ({len(bad) - 8} more)" if len(bad) > 8 else "")
+        raise CompressError(f"model.checkpoint: {path}: non-finite (NaN/Inf) values in {shown}; expected finite "
+                            "trained weights (was training diverging when it was saved?)")

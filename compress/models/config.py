@@ -33,6 +33,9 @@ class ModelConfig(Config):
               "'torchvision:NAME', 'timm:NAME', 'compress:NAME' or 'package.module:factory'", self.name)
         check(self.in_channels is None or self.in_channels >= 1, "in_channels", "an integer >= 1 or null",
               self.in_channels)
+        # an empty path would silently mean "no checkpoint" and train a baseline instead of loading the user's
+        check(self.checkpoint is None or bool(self.checkpoint.strip()), "checkpoint", "a file path or null",
+              self.checkpoint)
 
     def spec(self) -> dict[str, Any]:
         """The architecture part (no checkpoint) — what :func:`compress.models.build_model` needs."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -9,16 +10,18 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, check, parse
+from ..config import Config, check, parse, to_plain
 from ..data.config import DataConfig
 from ..errors import CompressError, ConfigError
 from ..models.config import ModelConfig
 from .registry import get_step, list_steps
 
 __all__ = ["Recipe", "BaselineConfig", "StepEntry", "load_recipe", "parse_recipe", "apply_overrides",
-           "DEFAULT_RECIPE"]
+           "read_recipe_data", "recipe_to_data", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = "default.yaml"  # packaged next to this module; recipes/default.yaml links to it
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1  # NumPy's limit; per-step seeds add a few thousand, still far below torch's 2**64
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,12 @@ class BaselineConfig(Config):
     train: dict[str, Any] = field(default_factory=dict)
     cache: bool = True
     cache_dir: str | None = None
+
+    def validate(self) -> None:
+        # Checked now, not when the baseline is trained: a bad value must fail before anything runs.
+        from ..training.config import TrainConfig
+
+        parse(TrainConfig, self.train, path="train")
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,13 @@ class Recipe(Config):
     threads: int | None = None
 
     def validate(self) -> None:
-        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
+        check(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None, "device",
               "auto, cpu, cuda or cuda:N", self.device)
-        check(self.threads is None or self.threads >= 1, "threads", "an integer >= 1 or null", self.threads)
+        # torch.set_num_threads accepts any count and crashes the process on absurd ones
+        check(self.threads is None or 1 <= self.threads <= MAX_THREADS, "threads",
+              f"an integer in 1..{MAX_THREADS} or null", self.threads)
+        check(0 <= self.seed <= MAX_SEED, "seed", f"an integer in 0..{MAX_SEED}", self.seed)
+        check(bool(self.out.strip()), "out", "a directory path (not empty)", self.out)
         check(bool(self.steps), "steps", "a non-empty list of steps", list(self.steps))
 
 
@@ -97,24 +110,30 @@ def parse_recipe(data: Any, *, file: str | None = None) -> Recipe:
                   out=recipe.out, device=recipe.device, threads=recipe.threads)
 
 
+def _shown(text: str) -> str:
+    """``text`` as a field name in a one-line message (quoted when empty or holding e.g. a newline)."""
+    return text if text and text.isprintable() else repr(text)
+
+
 def _set_path(data: dict, dotted: str, value: Any, file: str) -> None:
     parts = dotted.split(".")
     node: Any = data
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(".".join(parts[:i + 1]), f"a list index below {len(node)}", part, file=file)
+            if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
+                raise ConfigError(_shown(".".join(parts[:i + 1])), f"a list index below {len(node)}", part,
+                                  file=file)
             key: Any = int(part)
         elif isinstance(node, dict):
             key = part
         else:
-            raise ConfigError(".".join(parts[:i]), "a mapping or list to set a field in", node, file=file)
+            raise ConfigError(_shown(".".join(parts[:i])), "a mapping or list to set a field in", node, file=file)
         if last:
             node[key] = value
         else:
-            if isinstance(node, dict) and key not in node:
-                node[key] = {}
+            if isinstance(node, dict) and node.get(key) is None:
+                node[key] = {}  # absent, or a bare `- prune:` whose options are null
             node = node[key]
 
 
@@ -127,13 +146,39 @@ def apply_overrides(data: dict, overrides: list[str], *, file: str = "--set") ->
     for item in overrides:
         path, sep, text = item.partition("=")
         if not sep or not path:
-            raise ConfigError(item, "PATH=VALUE (e.g. data.batch_size=64)", item, file=file)
+            raise ConfigError(_shown(item), "PATH=VALUE (e.g. data.batch_size=64)", item, file=file)
         try:
-            value = yaml.safe_load(text) if text else None
-        except yaml.YAMLError as err:
-            raise ConfigError(path, "a YAML value", f"{text!r} ({err.__class__.__name__})", file=file) from None
+            value = _yaml_value(text) if text else None
+        except (yaml.YAMLError, RecursionError) as err:
+            raise ConfigError(_shown(path), "a YAML value", f"<{text!r} ({err.__class__.__name__})>",
+                              file=file) from None
         _set_path(data, path, value, file)
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                continue  # unhashable: the base class raises its own ConstructorError
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads `lr: 1e-3` as the *string* "1e-3" (its floats need a dot); read it as YAML 1.2 does.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _yaml_value(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def read_recipe_data(path: str | None) -> tuple[dict, str]:
@@ -144,10 +189,18 @@ def read_recipe_data(path: str | None) -> tuple[dict, str]:
     else:
         p = Path(path)
         if not p.is_file():
-            raise CompressError(f"{path}: recipe file not found")
-        text, name = p.read_text(), str(path)
+            raise CompressError(f"{path}: recipe file not found" + (" (it is a directory)" if p.is_dir() else ""))
+        name = str(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise CompressError(f"{name}: not a UTF-8 text file (byte {err.start}); expected a YAML recipe") from None
+        except OSError as err:
+            raise CompressError(f"{name}: cannot read the recipe ({err.strerror or err})") from None
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_value(text)
+    except RecursionError:
+        raise CompressError(f"{name}: not a usable recipe: nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -155,6 +208,13 @@ def read_recipe_data(path: str | None) -> tuple[dict, str]:
     if data is None:
         raise ConfigError("<top>", "a recipe mapping (model, data, baseline, steps)", "an empty file", file=name)
     return data, name
+
+
+def recipe_to_data(recipe: Recipe) -> dict[str, Any]:
+    """Plain data that :func:`parse_recipe` turns back into ``recipe`` (steps as ``{name: options}``)."""
+    data = to_plain(recipe, str_keys=False)
+    data["steps"] = [{entry.name: to_plain(entry.config, str_keys=False)} for entry in recipe.steps]
+    return data
 
 
 def load_recipe(path: str | None = None, *, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

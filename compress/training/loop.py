@@ -67,6 +67,8 @@ class _Trainer:
         self.epoch_rng: dict[str, Any] | None = None
         self.resume_rng: dict[str, Any] | None = None
         self.started, self.prior_seconds = time.perf_counter(), 0.0
+        self.checkpoint_path: Path | None = None
+        self.saved_step: int | None = None  # step of the last checkpoint written (the last good state)
 
     def elapsed(self) -> float:
         """Training seconds so far, including the sessions before a resume."""
@@ -116,7 +118,14 @@ class _Trainer:
             "total_steps": self.total, "steps_per_epoch": self.per_epoch}
 
     def save(self, path: Path | None, *, finished: bool = False) -> None:
-        """Write a checkpoint (rank 0) holding everything needed to continue bit-identically."""
+        """Write a checkpoint (rank 0) holding everything needed to continue bit-identically.
+
+        Raises :class:`CompressError` instead of writing when a weight is NaN/Inf, so the file on disk stays
+        the last good state.
+        """
+        bad = self._nonfinite_tensor()
+        if bad is not None:
+            raise self._diverged(None, parameter=bad)
         if path is None:
             return
         self.history.seconds = self.elapsed()
@@ -130,6 +139,7 @@ class _Trainer:
                 "epoch_sums": list(self.epoch_sums), "bad_epochs": self.bad_epochs, "best_state": self.best_state,
                 "rngs": rngs, "history": self.history.to_dict(), "config": self._trajectory_config(),
                 "finished": finished})
+        self.saved_step = self.step
         D.barrier()
 
     def load(self, path: Path) -> bool:
@@ -155,6 +165,7 @@ class _Trainer:
         self.epoch_sums, self.bad_epochs, self.best_state = ckpt["epoch_sums"], ckpt["bad_epochs"], ckpt["best_state"]
         self.history = TrainHistory.from_dict(ckpt["history"])
         self.history.resumed_from_step = self.step
+        self.saved_step = self.step
         self.prior_seconds, self.started = self.history.seconds, time.perf_counter()
         rngs = ckpt["rngs"][self.rank]
         self.epoch_rng, self.resume_rng = rngs["epoch_rng"], rngs["rng"]
@@ -178,15 +189,21 @@ class _Trainer:
         images, labels = self._images(images), labels.to(self.device, non_blocking=True)
         with autocast(self.device, self.config.amp):
             logits = ddp(images)
-            loss = self.loss(logits, labels, images)
+            classes = logits.shape[-1]
+            # Out-of-range labels are counted, not trusted: cross-entropy would fail on one rank only (a hang
+            # under DDP) or, on CUDA, with a device-side assert. Clamped labels keep every rank in step.
+            invalid = ((labels < 0) | (labels >= classes)).sum().float()
+            loss = self.loss(logits, labels.clamp(0, classes - 1), images)
         # One small all-reduce (and one host sync) per step: global loss/accuracy for the history, agreement on
-        # divergence and on a stop request, before the step can corrupt the weights.
+        # divergence, bad labels and a stop request, before the step can corrupt the weights.
         stats = torch.stack([loss.detach().float(), (logits.argmax(1) == labels).sum().float(),
                              torch.tensor(float(labels.numel()), device=self.device),
-                             torch.tensor(float(stop), device=self.device)])
-        loss_sum, correct, count, stops = D.all_reduce_sum(stats).tolist()
+                             torch.tensor(float(stop), device=self.device), invalid])
+        loss_sum, correct, count, stops, bad_labels = D.all_reduce_sum(stats).tolist()
+        if bad_labels:
+            raise self._bad_labels(labels, classes, int(bad_labels))
         if not math.isfinite(loss_sum):
-            raise self._diverged(loss_sum)
+            raise self._diverged(loss_sum, images=images)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_adapter_grads()
@@ -213,12 +230,41 @@ class _Trainer:
             if p.grad is not None:
                 D.all_reduce_sum(p.grad).div_(self.world)
 
-    def _diverged(self, loss: float) -> CompressError:
-        bad = next((n for n, p in D.unwrap(self.model).named_parameters() if not torch.isfinite(p).all()), None)
-        where = f"parameter {bad!r} holds non-finite values" if bad else "all parameters are finite"
-        return CompressError(f"training diverged: loss is {loss} at step {self.step + 1} (epoch {self.epoch}); "
-                             f"{where}. The last good checkpoint (if any) was kept; expected a finite loss: try a "
-                             "lower lr, warmup_epochs or grad_clip")
+    def _nonfinite_tensor(self) -> str | None:
+        """Name of the first parameter or buffer (BN statistics) holding NaN/Inf; one host sync if all finite."""
+        named = [(n, t) for n, t in D.unwrap(self.model).state_dict().items() if t.is_floating_point()]
+        if not named:
+            return None
+        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).cpu()
+        return None if bool(finite.all()) else named[int((~finite).nonzero()[0])][0]
+
+    def _diverged(self, loss: float | None, *, parameter: str | None = None,
+                  images: torch.Tensor | None = None) -> CompressError:
+        """The error for a non-finite loss (``loss``) or non-finite weights (``parameter``)."""
+        bad = parameter or self._nonfinite_tensor()
+        if bad:
+            where = f"{bad!r} holds non-finite values"
+        elif images is not None and not bool(torch.isfinite(images).all()):
+            where = "the batch's images hold NaN/Inf (check the data)"
+        else:
+            where = "all parameters are finite"
+        if loss is not None:
+            what = f"loss is {loss} at step {self.step + 1}"
+        else:
+            what = f"weights became non-finite after step {self.step}"
+        if self.saved_step is not None:
+            kept = f"the checkpoint {self.checkpoint_path} (step {self.saved_step}) is the last good state, kept"
+        else:
+            kept = "no checkpoint was written in this run"
+        return CompressError(f"training diverged: {what} (epoch {self.epoch}); {where}; "
+                             f"{kept}. Expected a finite loss: try a lower lr, warmup_epochs or grad_clip")
+
+    def _bad_labels(self, labels: torch.Tensor, classes: int, count: int) -> CompressError:
+        wrong = labels[(labels < 0) | (labels >= classes)]
+        example = f" (e.g. {int(wrong[0])})" if wrong.numel() else ""
+        return CompressError(f"training data: {count} labels at step {self.step + 1} are outside the model's "
+                             f"{classes} outputs 0..{classes - 1}{example}; expected labels below {classes}: set "
+                             "model.kwargs.num_classes to the data's number of classes, or fix the labels")
 
     # ----------------------------------------------------------------------------------------------- epochs
     def batches(self):
@@ -335,7 +381,8 @@ def fit(model: nn.Module, train_loader: DataLoader, *, val_loader: DataLoader | 
         The :class:`TrainHistory`.
 
     Raises:
-        CompressError: empty data, non-finite loss (names the step and a non-finite parameter), or a
+        CompressError: empty data, labels outside the model's outputs, non-finite loss or weights (names the
+            step and a non-finite parameter; the checkpoint on disk stays the last good state), or a
             checkpoint that does not match the model or the settings.
         KeyboardInterrupt: after SIGINT/SIGTERM, once the checkpoint is written.
     """
@@ -347,6 +394,7 @@ def fit(model: nn.Module, train_loader: DataLoader, *, val_loader: DataLoader | 
     model, device = D.unwrap(model), torch.device(device)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     t = _Trainer(model, train_loader, config, device, teacher, distill, seed)
+    t.checkpoint_path = path
     was_training = model.training
     bar = tqdm(total=t.total, desc="train", leave=False, disable=not verbose or t.rank != 0)
     try:
