@@ -13,10 +13,16 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 from .errors import ConfigError
 
-__all__ = ["Config", "parse", "check", "to_plain"]
+__all__ = ["MAX_THREADS", "MAX_BATCH", "MAX_RUNS", "Config", "parse", "check", "to_plain"]
 
 T = TypeVar("T", bound="Config")
 
+
+# Upper bounds shared by configs: torch.set_num_threads crashes the process on absurd counts, and absurd batch
+# sizes or run counts only fail later (out of memory) or never finish.
+MAX_THREADS = 1024
+MAX_BATCH = 65536
+MAX_RUNS = 100_000
 
 @dataclasses.dataclass(frozen=True)
 class Config:

@@ -83,7 +83,8 @@ class RunContext:
 
         model = self.model if model is None else model
         c = cost(model, self.example_inputs)
-        acc = evaluate(model, self.data.test, device=self.device, reference=self.baseline)
+        acc = evaluate(model, self.data.test, device=self.device, reference=self.baseline,
+                       verbose=bool(self.state.get("verbose", True)))
         return {"params": c.params, "macs": c.macs, **acc.summary()}
 
     def record(self, kind: str, details: dict[str, Any] | None = None, *, seconds: float | None = None,

@@ -61,6 +61,9 @@ class _Tally:
             raise CompressError(f"evaluate: the model must return logits of shape (B, classes), got "
                                 f"{tuple(logits.shape)}")
         classes = self.num_classes or logits.shape[1]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
+            raise CompressError(f"evaluate: label {int(labels.max())} is outside the model's "
+                                f"{logits.shape[1]} outputs (labels must be 0..{logits.shape[1] - 1})")
         if self.hits is None:
             self.num_classes = classes
             self.hits, self.seen = torch.zeros(classes), torch.zeros(classes)

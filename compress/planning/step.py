@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
 
-from ..config import Config, check
+from ..config import MAX_BATCH, Config, check
 from ..recipe.registry import register_step
 from .apply import apply_plan
 from .candidates import FORM_KINDS
@@ -51,7 +51,7 @@ class PlanStep(Config):
               "<" + (", ".join(map(str, keys)) or "empty") + ">")
         value = self.target[keys[0]]
         check(0.0 < value <= 1.0, f"target.{keys[0]}", "a fraction in (0, 1]", value)
-        check(self.batch >= 1, "batch", "an integer >= 1", self.batch)
+        check(1 <= self.batch <= MAX_BATCH, "batch", f"an integer in 1..{MAX_BATCH}", self.batch)
         check(len(self.forms) > 0 and all(f in FORM_KINDS for f in self.forms), "forms",
               f"a non-empty list of {', '.join(FORM_KINDS)}", "<" + ", ".join(self.forms) + ">")
         check(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)

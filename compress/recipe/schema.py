@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, check, parse, to_plain
+from ..config import MAX_THREADS, Config, check, parse, to_plain
 from ..data.config import DataConfig
 from ..errors import CompressError, ConfigError
 from ..models.config import ModelConfig
@@ -20,7 +20,6 @@ __all__ = ["Recipe", "BaselineConfig", "StepEntry", "load_recipe", "parse_recipe
            "read_recipe_data", "recipe_to_data", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = "default.yaml"  # packaged next to this module; recipes/default.yaml links to it
-MAX_THREADS = 1024
 MAX_SEED = 2**32 - 1  # NumPy's limit; per-step seeds add a few thousand, still far below torch's 2**64
 
 

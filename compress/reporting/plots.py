@@ -11,16 +11,16 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from ..io import atomic_write
+
 __all__ = ["plot_layer_macs", "plot_layer_latency", "plot_accuracy_vs_macs", "plot_accuracy_vs_latency"]
 
 _DPI = 100
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=_DPI)
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=_DPI))
 
 
 def _before_after(rows: list[dict[str, Any]], before: str, after: str, path: Path, *, xlabel: str,

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..config import Config, check
+from ..config import MAX_BATCH, MAX_RUNS, MAX_THREADS, Config, check
 from ..measurement import Comparison, compare_latency
 from ..measurement.timing import DTYPE_NAMES, MIN_RUNS, num_threads
 from ..recipe.registry import register_step
@@ -52,14 +52,15 @@ class ReportStep(Config):
     def validate(self) -> None:
         check(len(self.devices) > 0 and all(d in _DEVICES for d in self.devices), "devices",
               "a non-empty list of 'cpu' / 'cuda'", list(self.devices))
-        check(len(self.batch_sizes) > 0 and all(b >= 1 for b in self.batch_sizes), "batch_sizes",
-              "a non-empty list of positive integers", list(self.batch_sizes))
+        check(len(self.batch_sizes) > 0 and all(1 <= b <= MAX_BATCH for b in self.batch_sizes), "batch_sizes",
+              f"a non-empty list of integers in 1..{MAX_BATCH}", list(self.batch_sizes))
         for field in ("dtypes", "cuda_dtypes"):
             values = getattr(self, field)
             check(len(values) > 0 and all(d in DTYPE_NAMES for d in values), field,
                   f"a non-empty list of {', '.join(DTYPE_NAMES)}", list(values))
-        check(self.runs >= MIN_RUNS, "runs", f"an integer >= {MIN_RUNS}", self.runs)
-        check(self.threads is None or self.threads >= 1, "threads", "null or an integer >= 1", self.threads)
+        check(MIN_RUNS <= self.runs <= MAX_RUNS, "runs", f"an integer in {MIN_RUNS}..{MAX_RUNS}", self.runs)
+        check(self.threads is None or 1 <= self.threads <= MAX_THREADS, "threads",
+              f"null or an integer in 1..{MAX_THREADS}", self.threads)
 
 
 def _settings(cfg: ReportStep, notes: list[str]) -> list[tuple[str, str, bool]]:

@@ -1,5 +1,7 @@
 """Roles of layers read off a torch-pruning dependency graph (built by :func:`.tp_compat.build_graph`).
 
+* :func:`unknown_layers`: user layers with weights of their own that no transform understands (left alone).
+
 * :func:`output_layers`: the classifier, whose output channels are the model's outputs.
 * :func:`locked_layers`: producers of channels that tp's index-mapped pruning cannot keep consistent.
 * :func:`direct_producer`: the conv whose output channels are another conv's input channels.
@@ -16,7 +18,7 @@ from torch import nn
 
 from .modules import ChannelPermute, ChannelShuffle
 
-__all__ = ["output_layers", "locked_layers", "direct_producer"]
+__all__ = ["output_layers", "locked_layers", "direct_producer", "unknown_layers"]
 
 
 def _walk(start: Any, step: Callable[[Any], list], stop: Callable[[Any], bool]) -> list:
@@ -136,3 +138,23 @@ def direct_producer(graph: "tp.DependencyGraph", conv: nn.Module) -> nn.Conv2d |
         if not isinstance(node.module, (nn.modules.batchnorm._BatchNorm, tp.ops._ElementWiseOp)):
             return None
     return None
+
+
+_KNOWN_PREFIXES = ("torch.", "torchvision.", "compress.", "timm.")
+
+
+def unknown_layers(model: nn.Module) -> dict[str, str]:
+    """Layers holding parameters of their own whose type comes from none of torch, torchvision, timm, compress.
+
+    Transforms leave such layers unchanged (they cannot know how their weights map to channels); the steps name
+    them with this reason so that nothing is skipped silently.
+
+    Returns:
+        ``{qualified name: reason}``.
+    """
+    found = {}
+    for name, module in model.named_modules():
+        owns_weights = next(module.parameters(recurse=False), None) is not None
+        if owns_weights and not type(module).__module__.startswith(_KNOWN_PREFIXES):
+            found[name] = f"unknown layer type {type(module).__name__}: left unchanged"
+    return found

@@ -18,6 +18,7 @@ import torch
 
 from ..config import Config, check
 from ..recipe.registry import register_step
+from .layer_roles import unknown_layers
 from .prune import prune
 
 __all__ = ["PruneStep", "prune_step"]
@@ -85,6 +86,7 @@ def prune_step(ctx: Any, cfg: PruneStep) -> dict:
                    remove_dead=cfg.remove_dead, dead_tol=cfg.dead_tol, round_to=cfg.round_to,
                    ignored_layers=cfg.ignored_layers, per_layer=cfg.per_layer, max_steps=cfg.max_steps)
     details = result.to_dict()
+    details["unknown_layers"] = unknown_layers(ctx.model)
     if result.channels_after != result.channels_before and ctx.analysis is not None:
         # the analysis numbers channels of the model it measured; after pruning it would point at wrong channels
         ctx.analysis = None

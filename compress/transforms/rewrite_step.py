@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 from ..config import Config, check
-from ..errors import ConfigError
+from ..errors import CompressError, ConfigError
 from ..recipe.registry import register_step
 
 __all__ = ["RewriteStep", "run_rewrite"]
@@ -107,6 +107,14 @@ def run_rewrite(ctx: Any, cfg: RewriteStep) -> dict[str, Any]:
     """Rewrite dense convs into grouped, separable, shuffled, dilated or bottleneck form."""
     from .rewrite import rewrite  # deferred: keeps recipe parsing free of torch-pruning imports
 
+    from .layer_roles import unknown_layers
+
     records = rewrite(ctx.model, cfg.kind, include=cfg.layers, exclude=cfg.exclude, min_channels=cfg.min_channels,
                       analysis=ctx.analysis, example_inputs=ctx.example_inputs, **cfg.options())
-    return {"layers": [asdict(r) for r in records], "rewritten": sum(r.skipped is None for r in records)}
+    # A layer named exactly (no wildcard) is a request for that layer: failing it is an error, not a skip.
+    named = {p for p in cfg.layers if not any(c in p for c in "*?[")}
+    refused = [f"{r.layer}: {r.skipped}" for r in records if r.skipped and r.layer in named]
+    if refused:
+        raise CompressError("layers: cannot rewrite the named layer(s): " + "; ".join(refused))
+    return {"layers": [asdict(r) for r in records], "rewritten": sum(r.skipped is None for r in records),
+            "unknown_layers": unknown_layers(ctx.model)}
