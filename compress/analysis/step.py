@@ -34,7 +34,8 @@ class AnalyzeStep(Config):
 @register_step("analyze", AnalyzeStep)
 def analyze_step(ctx: Any, cfg: AnalyzeStep) -> dict[str, Any]:
     """Find dead channels and channel correlations of every conv on the calibration data."""
-    analysis = analyze(ctx.model, ctx.data.calib, max_batches=cfg.max_batches, device=ctx.device)
+    analysis = analyze(ctx.model, ctx.data.calib, max_batches=cfg.max_batches, device=ctx.device,
+                       verbose=bool(ctx.state.get("verbose", True)) and ctx.is_main)
     ctx.analysis = analysis
     summary = analysis.summary(apoz_threshold=cfg.apoz_threshold)
     if ctx.is_main and cfg.save:

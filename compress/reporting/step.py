@@ -84,7 +84,7 @@ def measure_latency(ctx: Any, cfg: ReportStep, notes: list[str]) -> list[Compari
     with num_threads(cfg.threads):
         return [compare_latency(models, ctx.example_inputs, device=device, batch_sizes=cfg.batch_sizes, dtype=dtype,
                                 channels_last=layout, runs=cfg.runs, per_layer=cfg.per_layer and i == 0,
-                                verbose=True)
+                                verbose=bool(ctx.state.get("verbose", True)))
                 for i, (device, dtype, layout) in enumerate(_settings(cfg, notes))]
 
 
