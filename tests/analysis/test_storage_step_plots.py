@@ -67,7 +67,7 @@ def test_step_config_validation():
 @pytest.mark.parametrize("is_main", [True, False])
 def test_step_sets_context_and_saves_on_main(planted, tmp_path, is_main):
     net, batches, _ = planted
-    ctx = SimpleNamespace(model=net, data=SimpleNamespace(calib=batches), device=torch.device("cpu"),
+    ctx = SimpleNamespace(model=net, state={"verbose": False}, data=SimpleNamespace(calib=batches), device=torch.device("cpu"),
                           out_dir=tmp_path, is_main=is_main, analysis=None)
     details = analyze_step(ctx, AnalyzeStep(max_batches=2))
     assert isinstance(ctx.analysis, Analysis) and ctx.analysis.batches == 2
