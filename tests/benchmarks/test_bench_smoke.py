@@ -1,0 +1,106 @@
+"""Smoke test of the benchmark plumbing on tiny random models and synthetic data (no Fashion-MNIST, < 30 s).
+
+Checks that each compared method meets its MACs budget without touching the baseline, that one quality row
+runs end to end (transform, calibration, fine-tune, latency), that the coverage helpers pick and rewrite
+layers, that a hung child is killed, and that RESULTS.md sections state losses and failures plainly.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import coverage  # noqa: E402
+import methods  # noqa: E402
+import quality  # noqa: E402
+import render  # noqa: E402
+
+from compress.data import DataConfig, build_data  # noqa: E402
+from compress.models import build_model  # noqa: E402
+
+
+def _tiny(num_classes: int = 4, channels: int = 3) -> torch.nn.Module:
+    spec = {"name": "compress:small_resnet",
+            "kwargs": {"num_classes": num_classes, "in_channels": channels, "widths": [16, 16], "blocks": [1, 1]}}
+    return build_model(spec).eval()
+
+
+@pytest.mark.parametrize("method", ["tp", "prune", "separable", "grouped"])
+def test_methods_meet_budget_and_leave_baseline_alone(method):
+    model, x = _tiny(), torch.randn(1, 3, 12, 12)
+    reference = copy.deepcopy(model.state_dict())
+    base = methods.macs_of(model, x)
+    if method == "tp":
+        twin, info = methods.tp_magnitude(model, x, 0.5)
+    elif method == "prune":
+        twin, info = methods.ours_prune(model, x, 0.5, importance="l2")
+    else:
+        twin, info = methods.ours_rewrite(model, x, 0.5, kind=method)
+        assert info["budget_met"] and info["rewritten"] >= 1
+    assert methods.macs_of(twin, x) <= 0.5 * base
+    assert twin(x).shape == (1, 4)
+    for name, tensor in model.state_dict().items():  # the baseline is deep-copied, never changed
+        assert torch.equal(tensor, reference[name]), name
+
+
+def test_quality_row_end_to_end_on_synthetic_data():
+    data = build_data(DataConfig(source="synthetic", image_size=12, num_classes=4, synthetic_size=96, val_size=16,
+                                 calib_size=32, batch_size=16, eval_batch_size=64), seed=0)
+    baseline = _tiny()
+    for p in baseline.parameters():
+        p.requires_grad_(False)
+    setup = quality.Setup("small_resnet", None, data, baseline, torch.zeros(1, 3, 12, 12), {})
+    args = argparse.Namespace(epochs=1.0, lr=0.01, seed=0, runs=20, threads=1)
+    loader = quality.finetune_loader(data, 32, seed=0)
+    assert len(loader.dataset) == 32
+    variants = {}
+    for method in ("tp", "prune", "rewrite"):
+        model, row = quality._run_method(setup, method, 0.5, loader, args, importance="l2", analysis=None)
+        assert 0.0 <= row["top1_finetuned"] <= 1.0 and row["macs"] < 0.55 * methods.macs_of(baseline, setup.example)
+        assert ("top1_calibrated" in row) == (method != "tp") and row["distill"] == (method != "tp")
+        variants[f"{method}@0.5"] = model
+    lat = quality._latency(setup, variants, args)
+    assert lat["settings"]["threads"] == 1 and lat["models"]["baseline"]["1"]["speedup"] == 1.0
+    assert set(lat["models"]) == {"baseline", *variants}
+
+
+def test_coverage_helpers_pick_smallest_and_check_forward():
+    model, x = _tiny(num_classes=10), torch.randn(2, 3, 12, 12)
+    names = coverage._eligible(model, "separable")
+    assert names and all(model.get_submodule(n).kernel_size == (3, 3) for n in names)
+    picked = coverage._smallest(model, names, 1)
+    assert picked == [min(names, key=lambda n: model.get_submodule(n).weight.numel())]
+    row = coverage._rewrite(model, x, "separable", None, 1)
+    assert row["rewritten"] == 1 and row["layers"] == 1
+    assert coverage._rewrite(model, x, "dilated", None, None)["rewritten"] == 0  # no K >= 5 conv: n/a
+
+
+def test_run_isolated_kills_a_hung_child_and_reads_json():
+    hung = common.run_isolated(["-c", "print('{\"partial\": 1}', flush=True); import time; time.sleep(30)"],
+                               timeout=3)
+    assert hung.status == "timeout" and hung.data == {"partial": 1} and hung.seconds < 20
+    done = common.run_isolated(["-c", "print('noise'); print('{\"a\": 2}')"], timeout=20)
+    assert done.status == "ok" and done.data == {"a": 2}
+
+
+def test_rendered_sections_say_slower_and_failures():
+    title, rows = render.parse_latency_table((BENCH / "results" / "gpu" / "gpu_latency.md").read_text())
+    sep = next(r for r in rows if r["model"] == "resnet18" and r["variant"].startswith("compress-separable"))
+    assert "H200" in title and sep["speedup"] < 1
+    text = render.efficiency_section(None, None, BENCH / "results" / "gpu" / "gpu_latency.md")
+    assert "SLOWER by 3.85x" in text and f"{sep['speedup'] / sep['mac_reduction']:.2f}" in text
+    cov = {**common.context("x"), "quick": True, "ratio": 0.3, "kinds": coverage.KINDS, "timeout_s": 1,
+           "memory_gib": 24, "layers_per_kind": 2, "seconds": 1.0,
+           "rows": [{"name": "m", "input": 64, "analyze": {"status": "ok"},
+                     "prune": {"status": "error", "error": "Boom: bad"}, "seconds": 1.0},
+                    {"name": "huge", "status": "skipped: needs ~99 GiB > 24 GiB"}]}
+    text = render.coverage_section(cov, None, rerun=False)
+    assert "m / prune: Boom: bad" in text and "0/1 models passed" in text and "huge" in text
