@@ -46,6 +46,7 @@ FIXED_224 = ("vit_", "maxvit_", "swin_")  # position embeddings / window sizes t
 PEAK_FACTOR = 6  # original + pruned/rewritten copy + tp's graph and counting copy, in units of fp32 params
 RATIO = 0.3
 MIN_CHANNELS = 16  # the rewrite applier's default
+TRIES = 3  # --layers N: batches of the N smallest eligible convs tried until one is rewritten
 
 
 def model_kwargs(name: str) -> dict[str, Any]:
@@ -112,41 +113,47 @@ def _eligible(model: nn.Module, kind: str) -> list[str]:
             >= MIN_CHANNELS and rules.eligibility(m) is None]
 
 
-def _smallest(model: nn.Module, names: list[str], limit: int | None) -> list[str] | None:
-    """The ``limit`` convs of ``names`` with the fewest weights, in model order; ``None`` (all) when no limit.
+def _batches(model: nn.Module, names: list[str], limit: int | None) -> list[list[str] | None]:
+    """Candidate layer lists to try, smallest convs first: ``[None]`` (all) without a limit, else up to
+    :data:`TRIES` lists of ``limit`` names each, in model order.
 
     Small layers keep a quick sweep quick (the shuffle rewrite's CP decomposition grows fast with width) while
-    still exercising every kind's planning, module swap, permutation folding and forward pass on the model.
+    still exercising every kind's planning, module swap, permutation folding and forward pass on the model. The
+    smallest layers are the likeliest to be declined (a rewrite that would grow them is skipped), hence the
+    next batch when a whole batch is declined.
     """
     if limit is None or len(names) <= limit:
-        return None
-    size = {n: model.get_submodule(n).weight.numel() for n in names}
-    keep = set(sorted(names, key=lambda n: (size[n], names.index(n)))[:limit])
-    return [n for n in names if n in keep]
+        return [None]
+    order = sorted(names, key=lambda n: (model.get_submodule(n).weight.numel(), names.index(n)))
+    chunks = [set(order[i:i + limit]) for i in range(0, min(len(order), TRIES * limit), limit)]
+    return [[n for n in names if n in chunk] for chunk in chunks]
 
 
 def _rewrite(model: nn.Module, x: torch.Tensor, kind: str, analysis: Any, limit: int | None) -> dict[str, Any]:
     from compress.transforms.rewrite import rewrite
 
-    twin = copy.deepcopy(model)
-    picked = _smallest(model, _eligible(model, kind), limit)
-    records = rewrite(twin, kind, layers=picked, example_inputs=x[:1], analysis=analysis, min_channels=MIN_CHANNELS,
-                      **KINDS[kind])
-    done = [r for r in records if r.skipped is None]
-    if not done:
-        return {"rewritten": 0, "skipped": len(records), "layers": "all" if picked is None else len(picked)}
-    _forward_ok(twin, x)
-    errs = [r.output_error for r in done if r.output_error is not None]
-    return {"rewritten": len(done), "skipped": len(records) - len(done),
-            "layers": "all" if picked is None else len(picked),
-            "max_layer_output_error": round(max(errs), 4) if errs else None}
+    declined: list[str] = []
+    for picked in _batches(model, _eligible(model, kind), limit):
+        twin = copy.deepcopy(model)
+        records = rewrite(twin, kind, layers=picked, example_inputs=x[:1], analysis=analysis,
+                          min_channels=MIN_CHANNELS, **KINDS[kind])
+        done = [r for r in records if r.skipped is None]
+        declined += sorted({r.skipped for r in records if r.skipped})
+        if done:
+            _forward_ok(twin, x)
+            errs = [r.output_error for r in done if r.output_error is not None]
+            return {"rewritten": len(done), "skipped": len(records) - len(done),
+                    "layers": "all" if picked is None else len(picked), "declined": declined[:3],
+                    "max_layer_output_error": round(max(errs), 4) if errs else None}
+    return {"rewritten": 0, "declined": declined[:3]}
 
 
 def check_model(name: str, size: int, *, limit: int | None = None) -> dict[str, Any]:
     """Analyze, prune and rewrite one model in this process; one row of results.
 
     Each stage's result is also printed as a JSON line as soon as it is known, so a parent that kills a hung
-    child still has the stages that finished. ``limit``: rewrite only the ``limit`` smallest eligible convs per kind.
+    child still has the stages that finished. ``limit``: rewrite only ``limit`` eligible convs per kind, the
+    smallest (see :func:`_batches`).
     """
     import torchvision
 

@@ -20,7 +20,10 @@ against the baseline, interleaved in one process, at batch 1 and 64 with ``--thr
     python benchmarks/quality.py --quick      # 2,000 fine-tune images, 1 epoch
     python benchmarks/quality.py              # full train split, 2 epochs (documented time in RESULTS.md)
 
-Writes ``benchmarks/results/quality.json`` and prints one JSON line (the same data) last.
+Writes ``benchmarks/results/quality_<model>.json`` (one per model, each with its own command, date and load) and
+prints one JSON line (the same documents) last. The small MobileNet is slow on a CPU (depthwise convs at 28 px:
+a 10,000-image evaluation takes minutes on a loaded 2-core machine), so ``benchmarks/run.py --quick`` runs
+only the ResNet and shows the MobileNet's last saved result with its own date.
 """
 from __future__ import annotations
 
@@ -253,7 +256,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=50, help="timed latency runs per model and batch size")
     p.add_argument("--threads", type=int, default=1, help="CPU threads while timing latency")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(RESULTS / "quality.json"))
+    p.add_argument("--out-dir", default=str(RESULTS), help="where quality_<model>.json files are written")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -268,15 +271,17 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = _args(argv)
-    torch.manual_seed(args.seed)
-    out = {"section": "quality", "quick": args.quick, **context(command_line("benchmarks/quality.py", argv)),
-           "eval_threads": torch.get_num_threads(), "models": []}
-    began = time.perf_counter()
-    for key in args.models:
-        out["models"].append(run_model(key, args))
-    out["seconds"] = round(time.perf_counter() - began, 1)
-    atomic_write_json(Path(args.out), out)
-    print(json.dumps(out))
+    docs = []
+    for key in args.models:  # one document per model, with the context (load, date) at its own start
+        torch.manual_seed(args.seed)
+        doc = {"section": "quality", "quick": args.quick, **context(command_line("benchmarks/quality.py", argv)),
+               "eval_threads": torch.get_num_threads()}
+        began = time.perf_counter()
+        doc["models"] = [run_model(key, args)]
+        doc["seconds"] = round(time.perf_counter() - began, 1)
+        atomic_write_json(Path(args.out_dir) / f"quality_{key}.json", doc)
+        docs.append(doc)
+    print(json.dumps({"section": "quality", "documents": docs}))
     return 0
 
 

@@ -81,7 +81,7 @@ def report_tables(name: str, fig: dict[str, Any], markdown: str, command: str, d
     """``benchmarks/results/<name>.md``: the figures plus the report's Summary, Steps and Latency tables."""
     lines = [f"# {name}: measured recovery", "", f"- command: `{command}`", f"- date: {date}",
              f"- baseline top-1 {100 * fig['baseline_top1']:.2f}%, final {100 * fig['final_top1']:.2f}% "
-             f"(drop {fig['drop_points']:+.2f} points; target <= {fig['target_points']} -> "
+             f"(change {-fig['drop_points']:+.2f} points; allowed drop <= {fig['target_points']} -> "
              f"{'MET' if fig['met'] else 'NOT MET'}), fine-tune {fig['finetune'].get('epochs')} epoch(s) on "
              f"{fig['train_size']} images", ""]
     for title in ("Summary", "Steps (accuracy after each)", "Latency"):
@@ -108,27 +108,40 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x faster" if a >= b else f"SLOWER {b / a:.2f}x"
 
 
-def run_one(name: str, overrides: list[str], out_root: Path, timeout: float) -> dict[str, Any]:
-    """Run ``recipes/<name>.yaml`` and write its figures and tables into ``benchmarks/results``."""
+_CONTEXT_KEYS = ("command", "date", "machine", "versions", "seconds")
+
+
+def run_one(name: str, overrides: list[str], out_root: Path, timeout: float, *, rerun: bool = True) -> dict[str, Any]:
+    """Run ``recipes/<name>.yaml`` and write its figures and tables into ``benchmarks/results``.
+
+    ``rerun=False`` only re-reads the finished run folder (e.g. after a change to this script's tables) and
+    keeps the command, date and machine recorded when it ran.
+    """
     import yaml
 
     from compress.io import atomic_write_json, atomic_write_text
 
     out = out_root / name
-    args = ["-m", "compress.run", f"recipes/{name}.yaml", "--out", str(out), "--force", "--quiet"]
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    args = ["-m", "compress.run", f"recipes/{name}.yaml", "--out", str(shown), "--force", "--quiet"]
     for item in overrides:
         args += ["--set", item]
-    command = "python " + " ".join(args)
-    ctx = context(command)
-    done = run_isolated(args, timeout=timeout)
-    if done.status != "ok":
-        return {"recipe": name, "status": done.status, "stderr": done.stderr, **ctx}
+    if rerun:
+        ctx = context("python " + " ".join(args))
+        done = run_isolated(args, timeout=timeout)
+        if done.status != "ok":
+            return {"recipe": name, "status": done.status, "stderr": done.stderr, **ctx}
+        ctx["seconds"] = round(done.seconds, 1)
+    else:
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        ctx = {k: saved[k] for k in _CONTEXT_KEYS if k in saved}
+    command = ctx["command"]
     report = json.loads((out / "report.json").read_text())
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
-    fig = {**figures(name, report, recipe), **ctx, "seconds": round(done.seconds, 1), "status": "ok"}
+    fig = {**figures(name, report, recipe), **ctx, "status": "ok"}
     atomic_write_json(RESULTS / f"{name}.json", fig)
     atomic_write_text(RESULTS / f"{name}.md",
-                      report_tables(name, fig, (out / "report.md").read_text(), command, ctx["date"]))
+                      report_tables(name, fig, (out / "report.md").read_text(), command, fig["date"]))
     return fig
 
 
@@ -137,11 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipes", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--set", action="append", default=[], help="recipe override passed to compress.run")
-    p.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="parent of the run folders")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench"),
+                   help="parent of the run folders (relative paths: from the repository root)")
     p.add_argument("--timeout", type=float, default=4 * 3600.0)
+    p.add_argument("--no-run", action="store_true",
+                   help="only rebuild benchmarks/results/<recipe>.json/.md from the finished run folders")
     args = p.parse_args(argv)
     began = time.perf_counter()
-    results = [run_one(n, args.set, Path(args.out), args.timeout) for n in args.recipes]
+    out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
+    results = [run_one(n, args.set, out, args.timeout, rerun=not args.no_run) for n in args.recipes]
     print(json.dumps({"section": "recovery", "command": command_line("benchmarks/recovery.py", argv),
                       "seconds": round(time.perf_counter() - began, 1), "results": results}))
     return 0

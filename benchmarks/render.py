@@ -130,52 +130,69 @@ def _probe(p: dict[str, Any] | None) -> str:
             f"never test) after pruning to {p['budget']:.0%} MACs + BN calibration: {scores} -> **{p['chosen']}**.")
 
 
-def quality_section(q: dict[str, Any] | None, run: dict[str, Any] | None, *, rerun: bool) -> str:
-    lines = ["## 1. Quality at equal MACs budget (Fashion-MNIST baselines)", ""]
+_METHODS_TEXT = [
+    "- methods: (a) `tp` = torch-pruning `MagnitudePruner` (L2, uniform ratio bisected to the budget) + plain "
+    "fine-tune (label loss only); (b) `prune` = `compress.prune` to the MACs target with the importance named "
+    "below + BN calibration + distillation fine-tune; (c) `rewrite` = `compress.rewrite` (separable with T per "
+    "layer from an error budget for the ResNet; grouped `auto` for the MobileNet, whose 3x3 convs are already "
+    "depthwise), its knob bisected to the budget, + BN calibration + distillation fine-tune.",
+]
+
+
+def quality_section(docs: list[dict[str, Any]], run: dict[str, Any] | None, *, rerun: list[str]) -> str:
+    """Section 1 from the per-model documents of ``benchmarks/quality.py``.
+
+    ``rerun``: models this invocation measured; the others are shown as saved, marked with their own date.
+    """
+    lines = ["## 1. Quality at equal MACs budget (Fashion-MNIST baselines)", "", *_METHODS_TEXT, ""]
     lines += _failed("Section 1", run if rerun else None)
-    if q is None:
+    if not docs:
         return "\n".join(lines + ["No results yet: run `python benchmarks/quality.py --quick`.", ""])
+    for q in docs:
+        for m in q["models"]:
+            lines += _quality_model(q, m, fresh=m["model"] in rerun)
+    return "\n".join(lines)
+
+
+def _quality_model(q: dict[str, Any], m: dict[str, Any], *, fresh: bool) -> list[str]:
+    b, o, ft = m["baseline"], m["baseline_origin"], m["finetune"]
+    lines = [f"### {m['model']} — baseline top-1 {_pct(b['top1'])}, {b['params']:,} params, "
+             f"{b['macs'] / 1e6:.2f}M MACs", ""]
+    if not fresh:
+        lines += ["_Not rerun by this invocation: measured by the command and on the date below._", ""]
     lines += context_lines(q, seconds=q.get("seconds"))
-    ft = q["models"][0]["finetune"] if q["models"] else {}
     lines += [
+        f"- mode: {'quick' if q.get('quick') else 'full'}; baseline `{m['spec']['name']}` {m['spec'].get('kwargs')}, "
+        f"{o['source']} (cache key {o['key']}; trained {fmt(o.get('epochs'), '')} epochs on the full train split in "
+        f"{fmt(o.get('train_seconds'), '.0f')} s, once, then cached)",
         f"- fine-tune (identical for every method): {ft.get('images'):,} training images (fixed random subset, "
         f"seed {ft.get('seed')}), {ft.get('epochs')} epoch(s), SGD lr {ft.get('lr')} cosine, batch "
         f"{ft.get('batch_size')}; (a) label loss only, (b)/(c) distillation from the baseline (alpha 0.7, T 4).",
         f"- top-1 on the Fashion-MNIST test set: after the fine-tune always all 10,000 images; after the transform "
-        f"and after BN calibration {_stage_note(q)}. BN calibration: 16 batches of the calibration split (1,024 "
-        "training images, 8 batches of 128); (a) has no calibration stage by design.",
+        f"and after BN calibration {_stage_note(m)}. BN calibration: the calibration split (1,024 training "
+        "images, 8 batches of 128); (a) has no calibration stage by design.",
         f"- CPU latency: `compare_latency`, all variants and the baseline interleaved in one process, "
-        f"{_lat_settings(q)}; evaluation/training used {q.get('eval_threads')} threads. Medians and minima "
+        f"{_lat_settings(m)}; evaluation/training used {q.get('eval_threads')} threads. Medians and minima "
         "are both shown: on this shared, loaded 2-core machine a ~1 ms forward often waits for a core, which "
-        "inflates medians (look at the IQR); minima are closer to the uncontended compute time.",
+        "inflates medians (see the IQR); minima are closer to the uncontended compute time.",
         "- MACs: compress's counter (`compress.measurement.cost`); budgets were met with torch-pruning's counter "
-        "(the fraction column shows the small difference: BN/ReLU/pool MACs).", ""]
-    for m in q["models"]:
-        b, o = m["baseline"], m["baseline_origin"]
-        lines += [f"### {m['model']} — baseline top-1 {_pct(b['top1'])}, {b['params']:,} params, "
-                  f"{b['macs'] / 1e6:.2f}M MACs", "",
-                  f"- baseline `{m['spec']['name']}` {m['spec'].get('kwargs')}, {o['source']} (key {o['key']}; "
-                  f"trained {fmt(o.get('epochs'), '')} epochs on the full train split in "
-                  f"{fmt(o.get('train_seconds'), '.0f')} s); this model's section took {m['seconds']:.0f} s.",
-                  _probe(m.get("importance_probe")), ""]
-        lines += _model_table(m) + ["", "CPU latency of the fine-tuned variants (same process, interleaved):", ""]
-        lines += _latency_table(m) + [""] + _verdicts(m) + [""]
-    return "\n".join(lines)
+        "(the fraction column differs slightly: BN/ReLU/pool MACs).",
+        _probe(m.get("importance_probe")), ""]
+    lines += _model_table(m) + ["", "CPU latency of the fine-tuned variants (same process, interleaved):", ""]
+    return lines + _latency_table(m) + [""] + _verdicts(m) + [""]
 
 
-def _stage_note(q: dict[str, Any]) -> str:
-    n = min((m.get("stage_test_images", 10000) for m in q["models"]), default=10000)
+def _stage_note(m: dict[str, Any]) -> str:
+    n = m.get("stage_test_images", 10000)
     if n >= 10000:
         return "also on all 10,000"
-    return (f"on the first {n:,} test images only (quick mode; the baseline row shows its accuracy on the same "
-            "images for comparison)")
+    return (f"on the first {n:,} test images only (to keep the run short; the baseline row shows its accuracy "
+            "on the same images for comparison)")
 
 
-def _lat_settings(q: dict[str, Any]) -> str:
-    for m in q["models"]:
-        s = m["latency"]["settings"]
-        return f"{s['device']} {s['dtype']}, {s['threads']} thread(s), {s['runs']} runs, warm-up {s['warmup']}"
-    return "not measured"
+def _lat_settings(m: dict[str, Any]) -> str:
+    s = m["latency"]["settings"]
+    return f"{s['device']} {s['dtype']}, {s['threads']} thread(s), {s['runs']} runs, warm-up {s['warmup']}"
 
 
 # ---------------------------------------------------------------- section 5: recovery (issues 5 and 6)
@@ -192,7 +209,8 @@ def _recovery_lines(name: str, title: str, r: dict[str, Any] | None, rerun: bool
     lines += [f"- measured {when}; details and the report's tables: `benchmarks/results/{name}.md`",
               f"- baseline top-1 **{_pct(r['baseline_top1'])}**; before any fine-tuning (after BN calibration) "
               f"**{_pct(r['top1_before_finetune'])}**; after the distillation fine-tune **{_pct(r['final_top1'])}**",
-              f"- drop vs baseline: **{r['drop_points']:+.2f} points** (target <= {r['target_points']}): "
+              f"- change vs baseline: **{-r['drop_points']:+.2f} points** (target: a drop of at most "
+              f"{r['target_points']}): "
               f"**{'MET' if r['met'] else 'NOT MET'}** with {ft.get('epochs')} fine-tune epoch(s) on "
               f"{r['train_size']:,} training images ({fmt(ft.get('seconds'), '.0f')} s of fine-tuning)",
               f"- MACs {r['macs_fraction']:.2f} of the baseline, params {r['params_fraction']:.2f}"]
@@ -238,7 +256,9 @@ def _cell(stage: dict[str, Any] | None) -> str:
         if "macs_before" in stage:
             return f"ok ({stage['macs_after'] / stage['macs_before']:.2f} MACs)"
         if "rewritten" in stage:
-            return f"ok ({stage['rewritten']})" if stage["rewritten"] else "n/a"
+            if stage["rewritten"]:
+                return f"ok ({stage['rewritten']})"
+            return "declined" if stage.get("declined") else "n/a"
         return "ok"
     if status == "error":
         return "**ERROR**"
@@ -265,8 +285,9 @@ def coverage_section(c: dict[str, Any] | None, run: dict[str, Any] | None, *, re
               + f" on the eligible convs ({_scope(c['layers_per_kind'])}); "
               "a forward pass must give finite (2, 10) logits.",
               "- cells: `ok (n)` = n convs rewritten and the forward check passed; `n/a` = no eligible conv "
-              "(e.g. dilated needs K >= 5; separable needs a dense KxK); prune shows MACs after/before.", ""]
-    rows, failures, skipped = [], [], []
+              "(e.g. dilated needs K >= 5; separable needs a dense KxK); `declined` = eligible convs exist but the "
+              "rewrite declined every one it tried (reasons listed below); prune shows MACs after/before.", ""]
+    rows, failures, skipped, declined = [], [], [], []
     for r in c["rows"]:
         if r.get("status", "").startswith("skipped"):
             skipped.append(f"{r['name']} ({r['status']})")
@@ -277,11 +298,15 @@ def coverage_section(c: dict[str, Any] | None, run: dict[str, Any] | None, *, re
             s = r.get(stage) or {}
             if s.get("status") not in ("ok", None):
                 failures.append(f"- {r['name']} / {stage}: {s.get('error', s.get('status'))}")
+            elif s.get("declined") and not s.get("rewritten"):
+                declined.append(f"- {r['name']} / {stage}: " + "; ".join(s["declined"]))
     ok = sum(all((r.get(s) or {}).get("status") == "ok" for s in ("analyze", "prune", *KINDS)) for r in c["rows"]
              if not r.get("status", "").startswith("skipped"))
     lines += [md_table(["model", "px", "analyze", "prune 0.3", *KINDS, "s"], rows), "",
               f"**{ok}/{len(rows)} models passed every stage.** Skipped (memory): {', '.join(skipped) or 'none'}.", ""]
     lines += (["Failures, stated plainly:", ""] + failures if failures else ["No failures."]) + [""]
+    if declined:
+        lines += ["Declined (the rewrite's own rules, not errors):", "", *declined, ""]
     return "\n".join(lines)
 
 
@@ -331,31 +356,30 @@ def _efficiency_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
-def _quality_efficiency(q: dict[str, Any]) -> list[str]:
+def _quality_efficiency(m: dict[str, Any]) -> list[str]:
     rows = []
-    for m in q["models"]:
-        base = m["baseline"]["macs"]
-        lat = m["latency"]["models"]
-        for r in m["rows"]:
-            name = f"{r['method']}@{r['budget']:g}"
-            red = base / r["macs"]
-            cells = [m["model"], f"{r['budget']:.0%} {r['method']}", f"{red:.2f}x"]
-            for b in ("1", "64"):
-                sp, sp_min = lat[name][b]["speedup"], lat[name][b]["speedup_min"]
-                cells += [f"{sp:.2f}x", f"{sp / red:.2f}", f"{sp_min / red:.2f}"]
-            rows.append(cells)
+    base, lat = m["baseline"]["macs"], m["latency"]["models"]
+    for r in m["rows"]:
+        name = f"{r['method']}@{r['budget']:g}"
+        red = base / r["macs"]
+        cells = [m["model"], f"{r['budget']:.0%} {r['method']}", f"{red:.2f}x"]
+        for b in ("1", "64"):
+            sp, sp_min = lat[name][b]["speedup"], lat[name][b]["speedup_min"]
+            cells += [_speed(sp), f"{sp / red:.2f}", f"{sp_min / red:.2f}"]
+        rows.append(cells)
     header = ["model", "variant", "MAC reduction", "speed-up b=1 (medians)", "efficiency b=1",
               "efficiency b=1 (minima)", "speed-up b=64 (medians)", "efficiency b=64", "efficiency b=64 (minima)"]
     return [md_table(header, rows)]
 
 
-def efficiency_section(q: dict[str, Any] | None, run: dict[str, Any] | None, gpu_table: Path) -> str:
+def efficiency_section(docs: list[dict[str, Any]], run: dict[str, Any] | None, gpu_table: Path) -> str:
     lines = ["## 5. Latency efficiency: measured speed-up / MAC reduction", "",
              "1.00 would mean time falls exactly as fast as MACs; below 1, fewer MACs buy less time; a speed-up "
              "below 1.00x means the compressed model is SLOWER than the original.", ""]
-    if q is not None:
-        lines += [f"### CPU, Fashion-MNIST models of section 1 ({_lat_settings(q)}; measured {q['date']})", ""]
-        lines += _quality_efficiency(q) + [""]
+    for q in docs:
+        for m in q["models"]:
+            lines += [f"### CPU, {m['model']} of section 1 ({_lat_settings(m)}; measured {q['date']})", ""]
+            lines += _quality_efficiency(m) + [""]
     if run is not None:
         lines += ["### CPU, torchvision models at reduced resolution (`benchmarks/gpu_latency.py` run on this CPU)",
                   ""]

@@ -76,11 +76,12 @@ def test_coverage_helpers_pick_smallest_and_check_forward():
     model, x = _tiny(num_classes=10), torch.randn(2, 3, 12, 12)
     names = coverage._eligible(model, "separable")
     assert names and all(model.get_submodule(n).kernel_size == (3, 3) for n in names)
-    picked = coverage._smallest(model, names, 1)
-    assert picked == [min(names, key=lambda n: model.get_submodule(n).weight.numel())]
+    batches = coverage._batches(model, names, 1)
+    assert batches[0] == [min(names, key=lambda n: model.get_submodule(n).weight.numel())]
+    assert len(batches) == min(len(names), coverage.TRIES) and coverage._batches(model, names, None) == [None]
     row = coverage._rewrite(model, x, "separable", None, 1)
     assert row["rewritten"] == 1 and row["layers"] == 1
-    assert coverage._rewrite(model, x, "dilated", None, None)["rewritten"] == 0  # no K >= 5 conv: n/a
+    assert coverage._rewrite(model, x, "dilated", None, None) == {"rewritten": 0, "declined": []}  # n/a: no K >= 5
 
 
 def test_run_isolated_kills_a_hung_child_and_reads_json():
@@ -95,7 +96,7 @@ def test_rendered_sections_say_slower_and_failures():
     title, rows = render.parse_latency_table((BENCH / "results" / "gpu" / "gpu_latency.md").read_text())
     sep = next(r for r in rows if r["model"] == "resnet18" and r["variant"].startswith("compress-separable"))
     assert "H200" in title and sep["speedup"] < 1
-    text = render.efficiency_section(None, None, BENCH / "results" / "gpu" / "gpu_latency.md")
+    text = render.efficiency_section([], None, BENCH / "results" / "gpu" / "gpu_latency.md")
     assert "SLOWER by 3.85x" in text and f"{sep['speedup'] / sep['mac_reduction']:.2f}" in text
     cov = {**common.context("x"), "quick": True, "ratio": 0.3, "kinds": coverage.KINDS, "timeout_s": 1,
            "memory_gib": 24, "layers_per_kind": 2, "seconds": 1.0,
