@@ -37,11 +37,14 @@ class RewriteConfig(Config):
         options: keyword options :meth:`plan` accepts from the model-level applier.
         reads_producer: :meth:`plan` also takes ``producer``, the qualified name of the conv whose output
             channels are this conv's inputs (the applier finds it when given an analysis and example inputs).
+        reads_inputs: :meth:`plan` also takes ``moments``, the conv's input patch moments on calibration data
+            (the applier measures them when given ``calib``; ``None`` without).
     """
 
     kind: ClassVar[str] = ""
     options: ClassVar[tuple[str, ...]] = ()
     reads_producer: ClassVar[bool] = False
+    reads_inputs: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()  # built directly (not only via `parse`), so validate on construction

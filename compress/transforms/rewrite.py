@@ -6,6 +6,11 @@ registered handler and swaps it in with :func:`compress.transforms.registry.repl
 layer gets a :class:`RewriteRecord`: cost by formula, relative weight-reconstruction error, and, given
 ``example_inputs``, the relative error of the replacement's output on the layer's real input.
 
+Data-aware kinds (separable) also read ``calib``: each selected conv's input patch moments are measured on it
+(:mod:`compress.transforms.patch_stats`) and handed to the kind's planner. A ``macs_target`` is resolved here,
+for the whole model at once: every layer's choices (cost, error) go to :func:`compress.transforms.allocate.allocate`
+and each layer is then planned with the parameters allotted to it.
+
 Errors are per layer and measured in isolation: each conv's input is captured from one forward of the model
 *before* any replacement, so one layer's error does not include the drift caused by earlier rewrites.
 """
@@ -23,9 +28,11 @@ from tqdm.auto import tqdm
 from ..errors import CompressError
 from ..modes import restore_training
 from .absorb import absorb_permutes
+from .allocate import Option, allocate
 from .decompose import relative_error
 from .layer_roles import direct_producer
 from .modules import ChannelPermute
+from .patch_stats import capture_patch_moments
 from .registry import RewriteConfig, apply_config, config_for_kind, conv_problem, replace_modules
 from .tp_compat import build_graph
 
@@ -64,9 +71,10 @@ class RewriteRecord:
 
 
 def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None, analysis: Any = None,
-            example_inputs: torch.Tensor | None = None, include: Sequence[str] = (), exclude: Sequence[str] = (),
-            min_channels: int = 16, kernel_sizes: Sequence[int] | None = None, absorb: bool = True,
-            allow_growth: bool = False, verbose: bool = False, **params: Any) -> list[RewriteRecord]:
+            example_inputs: torch.Tensor | None = None, calib: Any = None, include: Sequence[str] = (),
+            exclude: Sequence[str] = (), min_channels: int = 16, kernel_sizes: Sequence[int] | None = None,
+            absorb: bool = True, allow_growth: bool = False, verbose: bool = False,
+            **params: Any) -> list[RewriteRecord]:
     """Rewrite eligible ``nn.Conv2d`` layers of ``model`` (in place) into the form ``kind``.
 
     Selection: ``layers`` (exact names) and ``include`` (fnmatch patterns) name the candidates; with neither,
@@ -85,6 +93,10 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
             the conv producing them (see :meth:`compress.transforms.grouped.GroupedConfig.plan`).
         example_inputs: one input batch ``(B, C, H, W)`` on the model's device; enables MACs, output errors,
             producer lookup and folding of channel permutes into neighbouring layers.
+        calib: calibration data for data-aware kinds (separable): a batch ``(B, C, H, W)`` or an iterable of
+            batches (tensors or ``(images, labels)``) on the model's device. Each conv's input patch moments are
+            measured on it and the factorisation, ``max_error`` and ``macs_target`` then use the expected output
+            error instead of the weight error. ``None``: data-free.
         include / exclude: fnmatch patterns over qualified names.
         min_channels: minimum of in and out channels.
         kernel_sizes: allowed (square) kernel sizes, e.g. ``(1,)``; ``None``: any.
@@ -95,7 +107,10 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
             by default such layers are skipped with the reason (their record keeps the measured figures).
         verbose: show a progress bar.
         **params: the kind's options: grouped ``groups`` (int or ``"auto"``), ``energy_threshold``;
-            separable ``T`` or ``max_error``; shuffle ``groups``, ``width``; dilated ``dilation``;
+            separable ``T``, ``max_error`` or ``macs_target`` (the whole model's MACs after the rewrite as a fraction
+            of before, in ``(0, 1]``; the multipliers are allocated across layers to minimise the summed squared
+            relative errors, see :mod:`compress.transforms.allocate`; needs ``example_inputs``); shuffle
+            ``groups``, ``width``; dilated ``dilation``;
             bottleneck ``rank``, ``rank_ratio`` or ``max_error``.
 
     Returns:
@@ -103,7 +118,7 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
 
     Raises:
         CompressError: unknown kind or option, a name in ``layers`` or a pattern in ``include`` that matches
-            nothing.
+            nothing, a ``macs_target`` without ``example_inputs`` or below the cheapest rewrite.
     """
     config_cls = config_for_kind(kind)
     unknown = sorted(set(params) - set(config_cls.options))
@@ -111,16 +126,35 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
         raise CompressError(f"rewrite kind {kind!r} takes options {', '.join(config_cls.options)}; "
                             f"got unknown {', '.join(unknown)}")
     config_cls.check_options(**params)
+    macs_target = params.pop("macs_target", None)
+    if macs_target is not None and example_inputs is None:
+        raise CompressError("rewrite: macs_target needs example_inputs (to count MACs)")
     records, eligible = _candidates(model, kind, config_cls, _select(model, layers, include, exclude),
                                     min_channels, kernel_sizes)
     inputs = _capture_inputs(model, eligible, example_inputs)
     wants_producer = analysis is not None and config_cls.reads_producer
     producers = _producers(model, eligible, example_inputs) if wants_producer else {}
+    wants_moments = calib is not None and config_cls.reads_inputs and bool(eligible)
+    moments = capture_patch_moments(model, eligible, calib, verbose=verbose) if wants_moments else {}
+    planned = (_allocate_target(model, eligible, config_cls, macs_target, example_inputs, inputs, moments)
+               if macs_target is not None else None)
     new_modules: dict[str, nn.Module] = {}
     for name, conv in tqdm(eligible.items(), desc=f"rewrite {kind}", leave=False, disable=not verbose):
         context = {"producer": producers.get(name)} if config_cls.reads_producer else {}
+        if config_cls.reads_inputs:
+            context["moments"] = moments.get(name)
+        layer_params = params
+        if planned is not None:
+            if planned[name].value is None:
+                records[name] = RewriteRecord(layer=name, kind=kind, skipped="kept dense by the macs_target "
+                                              f"allocation ({macs_target} of the model's MACs)")
+                continue
+            layer_params = dict(planned[name].value)
         records[name], new = _rewrite_one(name, kind, conv, config_cls, analysis, inputs.get(name), allow_growth,
-                                          {**params, **context})
+                                          {**layer_params, **context})
+        if planned is not None:
+            records[name].details["allocation"] = {"macs_target": macs_target,
+                                                   "predicted_error": round(planned[name].error ** 0.5, 6)}
         if new is not None:
             new_modules[name] = new
     replace_modules(model, lambda n, m: new_modules[n], lambda n, m: n in new_modules)
@@ -208,6 +242,36 @@ def _problem(name: str, module: nn.Module, config_cls: type[RewriteConfig], min_
     if kernel_sizes is not None and not all(k in kernel_sizes for k in module.kernel_size):
         return f"kernel {module.kernel_size[0]}x{module.kernel_size[1]} not in kernel_sizes={tuple(kernel_sizes)}"
     return config_cls.eligibility(module)
+
+
+def _allocate_target(model: nn.Module, convs: dict[str, nn.Conv2d], config_cls: type[RewriteConfig],
+                     macs_target: float, example_inputs: torch.Tensor, inputs: dict[str, torch.Tensor],
+                     moments: dict[str, torch.Tensor]) -> dict[str, Option]:
+    """Per-layer options meeting ``macs_target`` (a fraction of the whole model's MACs) at least total error.
+
+    Uniform assignments (the same parameters in every layer that can take them, the rest dense) seed the
+    search, so the result is never worse in total error than any uniform choice within the budget.
+    """
+    from ..measurement.cost import cost  # deferred: measurement is not needed by the other rewrite paths
+
+    before = cost(model, example_inputs).macs
+    options: dict[str, list[Option]] = {}
+    for name, conv in convs.items():
+        k2 = conv.kernel_size[0] * conv.kernel_size[1]
+        positions = conv_macs(conv, inputs[name]) // (k2 * conv.in_channels * conv.out_channels)
+        options[name] = config_cls.budget_options(conv, positions=positions, moments=moments.get(name))
+    dense = sum(max(o.macs for o in opts) for opts in options.values())
+    budget = macs_target * before - (before - dense)  # MACs left for the rewritten layers
+    values = [o.value for opts in options.values() for o in opts if o.value is not None]
+    keep = {n: next(o for o in opts if o.value is None) for n, opts in options.items()}
+    seeds = [{n: next((o for o in opts if o.value == v), keep[n]) for n, opts in options.items()}
+             for i, v in enumerate(values) if v not in values[:i]]
+    try:
+        return allocate(options, budget, seeds=seeds)
+    except CompressError as err:
+        cheapest = before - dense + sum(min(o.macs for o in opts) for opts in options.values())
+        raise CompressError(f"rewrite: macs_target={macs_target} is below the cheapest {config_cls.kind} rewrite "
+                            f"of the selected layers ({cheapest / before:.3f} of the model's MACs)") from err
 
 
 def _producers(model: nn.Module, convs: dict[str, nn.Conv2d], example_inputs: torch.Tensor | None) -> dict[str, str]:

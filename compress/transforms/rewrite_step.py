@@ -5,13 +5,14 @@ Example::
     - rewrite:
         kind: separable
         layers: ["layer3.*", "layer4.*"]
-        max_error: 0.3
+        macs_target: 0.6
 
 Accuracy after the step is recorded by the runner; BatchNorm re-calibration and fine-tuning are separate steps.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -24,13 +25,13 @@ __all__ = ["RewriteStep", "run_rewrite"]
 # Options each kind reads; any other option set to a non-default value is a recipe mistake.
 _KIND_OPTIONS: dict[str, tuple[str, ...]] = {
     "grouped": ("groups", "energy_threshold"),
-    "separable": ("T", "max_error"),
+    "separable": ("T", "max_error", "macs_target"),
     "shuffle": ("groups", "width"),
     "dilated": ("dilation",),
     "bottleneck": ("rank", "rank_ratio", "max_error"),
 }
 _EXCLUSIVE: dict[str, tuple[str, ...]] = {
-    "separable": ("T", "max_error"),
+    "separable": ("T", "max_error", "macs_target"),
     "bottleneck": ("rank", "rank_ratio", "max_error"),
 }
 
@@ -46,7 +47,12 @@ class RewriteStep(Config):
         min_channels: convs with fewer input or output channels are left alone.
         groups: grouped: an integer or ``"auto"`` (default ``"auto"``); shuffle: an integer (required).
         T: separable: depthwise channel multiplier (default 1).
-        max_error: separable/bottleneck: per-layer relative weight-error budget choosing T / rank.
+        max_error: separable/bottleneck: per-layer relative error budget choosing T / rank (separable with
+            calibration data: the expected output error; otherwise the weight error).
+        macs_target: separable: the model's MACs after the step as a fraction of before, in ``(0, 1]``; T is
+            allocated across layers to minimise the summed squared relative output errors.
+        calib_batches: separable: calibration batches whose input patch statistics make the factorisation (and
+            ``max_error`` / ``macs_target``) data-aware; 0: data-free (weights only).
         rank: bottleneck: projection width.
         rank_ratio: bottleneck: projection width as a fraction of the input channels (default 0.5).
         dilation: dilated: tap spacing in kernel-index units (default ``(K-1)/2``, same receptive field).
@@ -61,6 +67,8 @@ class RewriteStep(Config):
     groups: int | str | None = None
     T: int | None = None
     max_error: float | None = None
+    macs_target: float | None = None
+    calib_batches: int = 8
     rank: int | None = None
     rank_ratio: float | None = None
     dilation: int | None = None
@@ -70,8 +78,9 @@ class RewriteStep(Config):
     def validate(self) -> None:
         check(self.min_channels >= 1, "min_channels", "an integer >= 1", self.min_channels)
         check(0.0 < self.energy_threshold <= 1.0, "energy_threshold", "a number in (0, 1]", self.energy_threshold)
+        check(self.calib_batches >= 0, "calib_batches", "an integer >= 0", self.calib_batches)
         allowed = _KIND_OPTIONS[self.kind]
-        for name in ("groups", "T", "max_error", "rank", "rank_ratio", "dilation", "width"):
+        for name in ("groups", "T", "max_error", "macs_target", "rank", "rank_ratio", "dilation", "width"):
             value = getattr(self, name)
             check(value is None or name in allowed, name, f"null (not an option of kind {self.kind!r})", value)
         given = [n for n in _EXCLUSIVE.get(self.kind, ()) if getattr(self, n) is not None]
@@ -91,6 +100,8 @@ class RewriteStep(Config):
             check(value is None or value >= 1, name, "an integer >= 1", value)
         check(self.max_error is None or 0.0 <= self.max_error < 1.0, "max_error", "a number in [0, 1)",
               self.max_error)
+        check(self.macs_target is None or 0.0 < self.macs_target <= 1.0, "macs_target",
+              "a fraction of the model's MACs in (0, 1]", self.macs_target)
         check(self.rank_ratio is None or 0.0 < self.rank_ratio <= 1.0, "rank_ratio", "a number in (0, 1]",
               self.rank_ratio)
 
@@ -102,6 +113,14 @@ class RewriteStep(Config):
         return opts
 
 
+def _calibration(ctx: Any, cfg: RewriteStep) -> list[Any] | None:
+    """The first ``calib_batches`` calibration images on the model's device, for kinds that read them."""
+    loader = getattr(getattr(ctx, "data", None), "calib", None)
+    if cfg.kind != "separable" or cfg.calib_batches == 0 or loader is None:
+        return None
+    return [images.to(ctx.example_inputs.device) for images, *_ in itertools.islice(loader, cfg.calib_batches)]
+
+
 @register_step("rewrite", RewriteStep)
 def run_rewrite(ctx: Any, cfg: RewriteStep) -> dict[str, Any]:
     """Rewrite dense convs into grouped, separable, shuffled, dilated or bottleneck form."""
@@ -110,7 +129,8 @@ def run_rewrite(ctx: Any, cfg: RewriteStep) -> dict[str, Any]:
     from .layer_roles import unknown_layers
 
     records = rewrite(ctx.model, cfg.kind, include=cfg.layers, exclude=cfg.exclude, min_channels=cfg.min_channels,
-                      analysis=ctx.analysis, example_inputs=ctx.example_inputs, **cfg.options())
+                      analysis=ctx.analysis, example_inputs=ctx.example_inputs, calib=_calibration(ctx, cfg),
+                      **cfg.options())
     # A layer named exactly (no wildcard) is a request for that layer: failing it is an error, not a skip.
     named = {p for p in cfg.layers if not any(c in p for c in "*?[")}
     refused = [f"{r.layer}: {r.skipped}" for r in records if r.skipped and r.layer in named]
