@@ -3,16 +3,19 @@
 For each model and batch size: plan a ``latency: 0.5`` target on this CPU (measured latency table, NetAdapt-style
 search, end-to-end check), apply it, prune a copy uniformly with torch-pruning's ``MagnitudePruner`` to the same
 MACs, then time original / planned / uniform interleaved in one process and print latency ratios, MACs ratios
-and latency efficiency (speed-up / MAC reduction: 1.0 means time fell exactly as fast as MACs).
+and latency efficiency (speed-up / MAC reduction: 1.0 means time fell exactly as fast as MACs). All latencies
+are of BN-folded models (deploy form; ``--no-fold-bn`` times them as they are), the original's included.
 
 Models: (a) the Fashion-MNIST small ResNet (widths 16/32/64, 28 px, 1 channel): with a cached trained baseline
-(``$COMPRESS_CACHE/baselines``) and the Fashion-MNIST files present, test accuracy (no fine-tuning) is reported,
-else "n/a"; (b) torchvision ResNet-18 at 224 px (random weights: latency only).
+(``$COMPRESS_CACHE/baselines``) and the Fashion-MNIST files present, test top-1 is reported after BatchNorm
+re-calibration on the same 16 training batches for every variant (no fine-tuning), else "n/a"; (b) torchvision
+ResNet-18 at 224 px (random weights: latency only).
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/plan_latency.py --quick        # < 5 min: small ResNet b1/b64, ResNet-18 b1
-    PYTHONPATH=. python benchmarks/plan_latency.py                # all cases, batch 1 and 64 (ResNet-18 b64: ~1 h)
+    PYTHONPATH=. python benchmarks/plan_latency.py --quick        # small ResNet b1/b64, ResNet-18 b1
+    PYTHONPATH=. python benchmarks/plan_latency.py                # all cases, batch 1 and 64
+    PYTHONPATH=. python benchmarks/plan_latency.py --quick --cases small:1 small:64 resnet18:1 resnet18:64
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import argparse
 import copy
 import datetime
 import glob
+import itertools
 import os
 import platform
 import sys
@@ -39,17 +43,19 @@ from compress.measurement import compare_latency, cost  # noqa: E402
 from compress.planning import apply_plan, plan  # noqa: E402
 from compress.planning.uniform import uniform_at_macs  # noqa: E402
 
-__all__ = ["compare_variants", "markdown_table", "machine_lines", "COLUMNS"]
+__all__ = ["compare_variants", "markdown_table", "machine_lines", "COLUMNS", "CASES", "BN_BATCHES"]
+
+BN_BATCHES = 16  # training batches every variant's BatchNorms are re-estimated on before its accuracy is taken
 
 COLUMNS = ("model", "batch", "variant", "ms", "iqr_ms", "speedup", "latency_ratio", "macs_ratio", "efficiency",
            "top1", "verdict")
 
 
 def compare_variants(variants: dict[str, nn.Module], x: torch.Tensor, *, device: str, batch: int,
-                     dtype: torch.dtype, channels_last: bool, runs: int) -> list[dict[str, Any]]:
+                     dtype: torch.dtype, channels_last: bool, runs: int, fold_bn: bool = True) -> list[dict[str, Any]]:
     """Time the variants interleaved (first = original) and add MACs ratio and latency efficiency per row."""
     comp = compare_latency(variants, x, device=device, batch_sizes=(batch,), dtype=dtype,
-                           channels_last=channels_last, runs=runs)
+                           channels_last=channels_last, runs=runs, fold_bn=fold_bn)
     base_macs = cost(variants["original"], x).macs
     base = comp.results["original"].stats[batch]
     rows = [{"variant": "original", "ms": base.median_ms, "iqr_ms": base.iqr_ms, "speedup": 1.0,
@@ -95,8 +101,12 @@ def machine_lines(device: str) -> list[str]:
             f"intra-op threads {torch.get_num_threads()}; load average at start {_load_average()}"]
 
 
-def _trained_small_resnet(model: nn.Module) -> tuple[nn.Module, Any, Any] | None:
-    """``(model with trained weights, test loader, calib loader)`` when a cached baseline and the data exist."""
+def _trained_small_resnet(model: nn.Module) -> tuple[nn.Module, Any, Any, list] | None:
+    """``(model with trained weights, test loader, calib loader, BN batches)`` when a baseline and the data exist.
+
+    The BN batches are the first ``BN_BATCHES`` batches of the (shuffled, seeded) training loader, kept as a list
+    so every variant is re-calibrated on the same images.
+    """
     from compress.baseline import default_cache_dir
     from compress.data import DataConfig, build_data
 
@@ -112,48 +122,61 @@ def _trained_small_resnet(model: nn.Module) -> tuple[nn.Module, Any, Any] | None
             print(f"trained baseline {path} found but Fashion-MNIST is unavailable ({err})")
             return None
         print(f"accuracy: trained baseline {path}")
-        return model.eval(), data.test, data.calib
+        torch.manual_seed(0)
+        bn_batches = [images for images, _ in itertools.islice(data.train, BN_BATCHES)]
+        return model.eval(), data.test, data.calib, bn_batches
     return None
 
 
-def _top1(model: nn.Module, loader: Any) -> float | None:
+def _top1(model: nn.Module, loader: Any, bn_batches: list | None) -> float | None:
+    """Test top-1 of a copy of ``model`` after BatchNorm re-calibration on ``bn_batches`` (no fine-tuning)."""
     if loader is None:
         return None
     from compress.measurement import evaluate
+    from compress.training import calibrate_bn
 
-    return evaluate(model, loader, device="cpu", verbose=False).summary()["top1"]
+    twin = copy.deepcopy(model)
+    calibrate_bn(twin, [(images,) for images in bn_batches], max_batches=len(bn_batches))
+    return evaluate(twin, loader, device="cpu", verbose=False).summary()["top1"]
 
 
-def small_resnet_case() -> tuple[nn.Module, torch.Tensor, Any, Any]:
+def small_resnet_case() -> tuple[nn.Module, torch.Tensor, Any, Any, list | None]:
     from compress.models import build_model
 
     torch.manual_seed(0)
     model = build_model({"name": "compress:small_resnet", "kwargs": {"widths": [16, 32, 64]}}).eval()
     found = _trained_small_resnet(model)
-    test, calib = (found[1], found[2]) if found else (None, None)
-    return (found[0] if found else model), torch.randn(1, 1, 28, 28), test, calib
+    test, calib, bn = found[1:] if found else (None, None, None)
+    return (found[0] if found else model), torch.randn(1, 1, 28, 28), test, calib, bn
 
 
-def resnet18_case() -> tuple[nn.Module, torch.Tensor, Any, Any]:
+def resnet18_case() -> tuple[nn.Module, torch.Tensor, Any, Any, list | None]:
     import torchvision
 
     torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 224, 224), None, None
+    return torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 224, 224), None, None, None
+
+
+CASES: dict[str, tuple[str, Callable, int]] = {
+    "small:1": ("small_resnet 28px", small_resnet_case, 1), "small:64": ("small_resnet 28px", small_resnet_case, 64),
+    "resnet18:1": ("resnet18 224px", resnet18_case, 1), "resnet18:64": ("resnet18 224px", resnet18_case, 64)}
 
 
 def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     """Plan, apply, prune uniformly to the same MACs, compare all three; return table rows and plan notes."""
-    model, x, test, calib = build()
+    model, x, test, calib, bn_batches = build()
     began = time.perf_counter()
     p = plan(model, x, target={"latency": args.target}, device="cpu", batch=batch, forms=tuple(args.forms),
              calib=calib, max_iters=args.max_iters, max_widths=args.max_widths, min_keep=args.min_keep,
-             table_runs=args.table_runs, runs=args.runs, cache_dir=args.cache_dir, verbose=args.verbose)
+             min_keep_limit=args.min_keep_limit, tolerance=args.tolerance, table_runs=args.table_runs, runs=args.runs,
+             cache_dir=args.cache_dir, fold_bn=args.fold_bn, verbose=args.verbose)
     planned = apply_plan(copy.deepcopy(model), p, x)
     uniform, ratio = uniform_at_macs(model, x, macs=cost(planned, x).macs, round_to=p.align)
     rows = compare_variants({"original": model, "planned": planned, f"uniform tp (ratio {ratio:.2f})": uniform}, x,
-                            device="cpu", batch=batch, dtype=torch.float32, channels_last=False, runs=args.runs)
+                            device="cpu", batch=batch, dtype=torch.float32, channels_last=False, runs=args.runs,
+                            fold_bn=args.fold_bn)
     for row, m in zip(rows, (model, planned, uniform)):
-        row.update(model=name, batch=batch, top1=_top1(m, test))
+        row.update(model=name, batch=batch, top1=_top1(m, test, bn_batches))
     rounds = [f"round {it.index}: predicted target {it.predicted_target:.3f}, predicted {it.predicted_ratio:.3f}, "
               f"measured {it.measured_ratio:.3f}" for it in p.iterations]
     notes = [f"### {name}, batch {batch} ({time.perf_counter() - began:.0f} s)", "", "```", *p.summary_lines(),
@@ -166,8 +189,15 @@ def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short run (< 5 min): ResNet-18 at batch 1 only")
+    parser.add_argument("--quick", action="store_true",
+                        help="short run: smaller search (4 widths a group, min_keep 0.5) and no ResNet-18 batch 64")
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None,
+                        help="cases to run (default: all, or all but resnet18:64 with --quick)")
+    parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                        help="time models with their BatchNorms (default: BN-folded deploy form on every side)")
     parser.add_argument("--target", type=float, default=0.5, help="latency target (fraction of the original)")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="the planner counts its target met up to target + tolerance (default 0: <= target)")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (default 1: on a shared machine two threads stall on each other)")
     parser.add_argument("--forms", nargs="+", default=["prune", "separable", "grouped"])
@@ -179,8 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     quick = args.quick
     args.max_iters, args.max_widths, args.min_keep, args.table_runs = (3, 4, 0.5, 3) if quick else (3, 8, 0.25, 5)
-    cases = [("small_resnet 28px", small_resnet_case, 1), ("small_resnet 28px", small_resnet_case, 64),
-             ("resnet18 224px", resnet18_case, 1)] + ([] if quick else [("resnet18 224px", resnet18_case, 64)])
+    args.min_keep_limit = 0.125
+    chosen = args.cases or [c for c in CASES if not (quick and c == "resnet18:64")]
+    cases = [CASES[c] for c in chosen]
     command = "PYTHONPATH=. python benchmarks/plan_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = ["# Latency-aware planning on CPU", "", f"- command: `{command.strip()}`", *machine_lines("cpu"), ""]
     rows, notes = [], []
@@ -190,19 +221,28 @@ def main(argv: list[str] | None = None) -> None:
         rows += case_rows
         notes += case_notes
         print(markdown_table(case_rows), flush=True)
-    text = "\n".join(header + [markdown_table(rows), "", _EXPLAIN, "", *notes,
+    text = "\n".join(header + [markdown_table(rows), "", explain(args.fold_bn), "", *notes,
                                f"load average at end: {_load_average()}", ""])
     atomic_write_text(args.out, text)
     print(f"\nwrote {args.out}")
 
 
-_EXPLAIN = ("ms: median of interleaved runs; latency_ratio = variant ms / original ms; macs_ratio = variant MACs / "
-            "original MACs; efficiency = speed-up x macs_ratio = speed-up / MAC reduction (1.0: time fell as fast "
-            "as MACs; below 1: MACs fell faster than time). top1: Fashion-MNIST test accuracy without fine-tuning "
-            "(n/a: no cached trained baseline or no data). The uniform model is torch-pruning's MagnitudePruner "
-            "(L2, same ratio in every group, widths rounded to the plan's alignment) at the ratio whose MACs come "
-            "closest to the planned MACs from below (or the fewest MACs it reaches, when it cannot get that low). "
-            "Timings on a shared, loaded machine are noisy: read the IQRs and the load average.")
+def explain(fold_bn: bool) -> str:
+    """The paragraph under the table: what each column means and how the variants were made."""
+    form = ("of the BN-folded models (deploy form: every BatchNorm that follows a conv folded into it, in the "
+            "original too)" if fold_bn else "of the models as they are (BatchNorms not folded)")
+    return (f"ms: median of interleaved runs {form}; latency_ratio = variant ms / original ms; macs_ratio = variant "
+            "MACs / original MACs; efficiency = speed-up x macs_ratio = speed-up / MAC reduction (1.0: time fell as "
+            "fast as MACs; below 1: MACs fell faster than time). top1: Fashion-MNIST test accuracy after BatchNorm "
+            f"re-calibration on the same {BN_BATCHES} training batches for every variant, the original included, "
+            "and no fine-tuning (n/a: no cached trained baseline or no data). Planned and uniform sit at about the "
+            "same MACs, so top1 shows the accuracy each keeps before fine-tuning: the efficiencies compare 'at the "
+            "same accuracy' only as far as their top1 agree, which is as close as a no-fine-tune comparison gets. "
+            "The uniform model is torch-pruning's MagnitudePruner (L2, same ratio in every group, widths rounded "
+            "to the plan's alignment) at the ratio whose MACs come closest to the planned MACs from below (or the "
+            "fewest MACs it reaches, when it cannot get that low). Timings on a shared machine are noisy: read the "
+            "IQRs and the load averages.")
+
 
 if __name__ == "__main__":
     main()

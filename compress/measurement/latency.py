@@ -32,6 +32,7 @@ class LatencySettings:
     threads: int
     warmup: int
     runs: int
+    bn_folded: bool = False  # BatchNorms folded into their convs (deploy form) in every compared model
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -63,7 +64,7 @@ class LatencyResult:
 
 
 def _settings(device: torch.device, dtype: torch.dtype, channels_last: bool, compile: bool, warmup: int | None,
-              runs: int) -> LatencySettings:
+              runs: int, fold_bn: bool) -> LatencySettings:
     if runs < MIN_RUNS:
         raise CompressError(f"latency runs: expected at least {MIN_RUNS}, got {runs}")
     if warmup is None:
@@ -72,7 +73,8 @@ def _settings(device: torch.device, dtype: torch.dtype, channels_last: bool, com
     if warmup < 0:
         raise CompressError(f"latency warmup: expected >= 0, got {warmup}")
     return LatencySettings(device=str(device), dtype=dtype_name(dtype), channels_last=channels_last,
-                           compiled=compile, threads=torch.get_num_threads(), warmup=warmup, runs=runs)
+                           compiled=compile, threads=torch.get_num_threads(), warmup=warmup, runs=runs,
+                           bn_folded=fold_bn)
 
 
 def _check_batches(batch_sizes: tuple[int, ...]) -> tuple[int, ...]:
@@ -85,7 +87,7 @@ def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, 
                     device: torch.device | str = "cpu", batch_sizes: tuple[int, ...] = (1, 64),
                     dtype: torch.dtype | str = torch.float32, channels_last: bool = False, compile: bool = False,
                     warmup: int | None = None, runs: int = MIN_RUNS, per_layer: bool = False,
-                    verbose: bool = False) -> "Comparison":
+                    fold_bn: bool = False, verbose: bool = False) -> "Comparison":
     """Time several models interleaved, one forward each per round, under ``torch.inference_mode``.
 
     Args:
@@ -100,6 +102,9 @@ def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, 
         warmup: untimed calls per model and batch size (default 3 on CPU, 10 on CUDA, +5 when compiling).
         runs: timed rounds (at least 20).
         per_layer: also time each leaf module (at the first batch size) with :func:`layer_latency`.
+        fold_bn: time every model in deploy form, its BatchNorms folded into the convs that feed them
+            (:func:`compress.transforms.fold_batchnorm`, on copies; eval-mode outputs unchanged). Applied to all
+            models alike, so the baseline's folded time is the reference.
         verbose: show a progress bar.
 
     Returns:
@@ -109,7 +114,11 @@ def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, 
         raise CompressError("compare_latency: expected at least one model, got none")
     device, dtype = resolve_device(device), as_dtype(dtype)
     batch_sizes = _check_batches(batch_sizes)
-    settings = _settings(device, dtype, channels_last, compile, warmup, runs)
+    settings = _settings(device, dtype, channels_last, compile, warmup, runs, fold_bn)
+    if fold_bn:
+        from ..transforms.fold_bn import fold_batchnorm
+
+        models = {name: fold_batchnorm(m, example_inputs=example_inputs[:1]) for name, m in models.items()}
     twins = {name: prepare(m, device=device, dtype=dtype, channels_last=channels_last, compile=compile)
              for name, m in models.items()}
     results = {name: LatencyResult(settings) for name in models}
@@ -137,11 +146,11 @@ def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, 
 def latency(model: nn.Module, example_inputs: torch.Tensor, *, device: torch.device | str = "cpu",
             batch_sizes: tuple[int, ...] = (1, 64), dtype: torch.dtype | str = torch.float32,
             channels_last: bool = False, compile: bool = False, warmup: int | None = None, runs: int = MIN_RUNS,
-            per_layer: bool = False, verbose: bool = False) -> LatencyResult:
+            per_layer: bool = False, fold_bn: bool = False, verbose: bool = False) -> LatencyResult:
     """Median and IQR of ms per forward for each batch size (see :func:`compare_latency` for the arguments)."""
     comp = compare_latency({"model": model}, example_inputs, device=device, batch_sizes=batch_sizes, dtype=dtype,
                            channels_last=channels_last, compile=compile, warmup=warmup, runs=runs,
-                           per_layer=per_layer, verbose=verbose)
+                           per_layer=per_layer, fold_bn=fold_bn, verbose=verbose)
     return comp.results["model"]
 
 
@@ -181,7 +190,8 @@ class Comparison:
             for batch, stats in self.results[name].stats.items():
                 b = base.stats[batch]
                 rows.append({"model": name, "device": s.device, "dtype": s.dtype, "batch": batch,
-                             "channels_last": s.channels_last, "compiled": s.compiled, "threads": s.threads,
+                             "channels_last": s.channels_last, "compiled": s.compiled, "bn_folded": s.bn_folded,
+                             "threads": s.threads,
                              "runs": s.runs, "baseline_ms": round(b.median_ms, 6),
                              "compressed_ms": round(stats.median_ms, 6), "baseline_iqr_ms": round(b.iqr_ms, 6),
                              "compressed_iqr_ms": round(stats.iqr_ms, 6),

@@ -1,10 +1,12 @@
 """Predicted cost of a planning state: latency from the measured table, or MACs / parameters by formula.
 
-A state is the width of every prunable group plus the rewrite chosen for each conv. A conv's predicted time
-at output width ``a`` and input width ``b`` combines its measured staircases along each axis,
-``t(a, b) = t_out(a) * t_in(b) / t_full`` (each factor measured; only their product is a model), and a
-rewrite's measured time is scaled by the same factors when its conv is also pruned. The end-to-end
-measurement in the planner corrects what this misses.
+A state is the width of every prunable group plus the rewrite chosen for each conv. A dense conv's predicted
+time at output width ``a`` and input width ``b`` combines its measured staircases along each axis,
+``t(a, b) = t_out(a) * t_in(b) / t_full`` (each factor measured; only their product is a model). A rewrite at
+pruned widths is predicted as that dense time times the rewrite/dense ratio measured at exactly those widths
+(:meth:`~compress.planning.table.LatencyTable.entry_ms`, cached): grouped and depthwise kernels do not scale
+down like the wide ones (at a few channels on CPU they can lose to the dense conv). The end-to-end measurement
+in the planner corrects what this misses.
 """
 from __future__ import annotations
 
@@ -69,9 +71,14 @@ class LatencyResource:
 
     def conv(self, site: Site, out_width: int, in_width: int, form: Form | None) -> float:
         t = self.table.layers[site.name]
+        s = site.shape
         scale = t.out_ms(out_width) / t.full_ms
-        if not site.shape.depthwise:
+        if not s.depthwise:
             scale *= t.in_ms(in_width) / t.full_ms
+        if form is not None and (out_width, in_width) != (s.out_channels, s.in_channels):
+            # the dense prediction at these widths times the rewrite/dense ratio measured at exactly these widths
+            pruned = s.with_channels(in_width, out_width)
+            return t.full_ms * scale * self.table.entry_ms(pruned, form) / self.table.entry_ms(pruned)
         return (t.ms[form.key] if form is not None else t.full_ms) * scale
 
 

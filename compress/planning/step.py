@@ -32,6 +32,8 @@ class PlanStep(Config):
         calib_batches: calibration batches analysed when no ``analyze`` step ran before.
         max_iters: plan-apply-measure rounds at most.
         align: channel alignment of pruned widths (default by device and dtype).
+        fold_bn: plan for and measure the deploy form, BatchNorms folded into their convs, in the original and
+            every candidate alike (the model this step returns keeps its BatchNorms, for fine-tuning).
     """
 
     target: dict[str, float]
@@ -44,6 +46,7 @@ class PlanStep(Config):
     calib_batches: int = 4
     max_iters: int = 3
     align: int | None = None
+    fold_bn: bool = True
 
     def validate(self) -> None:
         keys = list(self.target)
@@ -74,7 +77,8 @@ def plan_step(ctx: Any, cfg: PlanStep) -> dict[str, Any]:
     if ctx.is_main:  # one process measures; ranks timing at once would slow each other down
         result = plan(ctx.model, ctx.example_inputs, target=dict(cfg.target), device=cfg.device, batch=cfg.batch,
                       dtype=cfg.dtype, channels_last=cfg.channels_last, analysis=analysis, forms=cfg.forms,
-                      max_iters=cfg.max_iters, align=cfg.align, cache_dir=cfg.cache_dir, verbose=verbose)
+                      max_iters=cfg.max_iters, align=cfg.align, cache_dir=cfg.cache_dir, fold_bn=cfg.fold_bn,
+                      verbose=verbose)
     result = D.broadcast_object(result)  # every rank applies the same plan
     apply_plan(ctx.model, result, ctx.example_inputs)
     ctx.analysis = None  # channel indices changed: the old analysis no longer describes the model

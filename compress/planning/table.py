@@ -140,6 +140,32 @@ class LatencyTable:
     measured: int = 0
     reused: int = 0
     path: Path | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    warmup: int = 2
+    runs: int = 5
+    known: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+
+    def entry_ms(self, shape: ConvShape, form: Form | None = None) -> float:
+        """Measured ms of one exact conv shape, dense or rewritten: read from the cache, else timed now.
+
+        The planner asks for rewrites at pruned widths this way: a grouped or depthwise kernel at a few channels
+        does not scale like the wide one (on CPU it can be slower than the dense conv it replaces), so its time
+        at the widths actually planned is measured rather than scaled. A rewrite is always timed interleaved with
+        the dense conv of the same shape (both cached), so their ratio is free of what differs between
+        measurement sessions (cache warmth, clock, load).
+        """
+        sig, name = shape.signature(), form.key if form is not None else "dense"
+        have = self.known.setdefault(sig, {})
+        todo = {e: spec for e, spec in (("dense", (shape, None)), (name, (shape, form))) if e not in have}
+        if todo:
+            with cudnn_benchmark(self.device):
+                new = measure_ms(_prepared(todo, self.key, self.device), device=self.device, warmup=self.warmup,
+                                 runs=self.runs)
+            have.update(new)
+            self.measured += len(new)
+            if self.path is not None:
+                _save(self.path, self.key, {sig: new})
+        return have[name]
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key.as_dict(), "measured": self.measured, "reused": self.reused,
@@ -247,7 +273,7 @@ def build_table(requests: dict[str, TableRequest], *, device: torch.device | str
     key = TableKey(device_name(device), torch.__version__, dtype_name(dtype), batch, channels_last)
     path = Path(cache_dir or default_table_dir()) / key.file_name() if cache else None
     known = _load(path)
-    table = LatencyTable(key=key, path=path)
+    table = LatencyTable(key=key, path=path, device=device, warmup=warmup, runs=runs, known=known)
     with cudnn_benchmark(device):
         for name, req in tqdm(requests.items(), desc="latency table", leave=False, disable=not verbose):
             sig = req.shape.signature()

@@ -36,7 +36,8 @@ _LATENCY_ROW = _obj(
     {"device": _STR, "dtype": _STR, "batch": {"type": "integer", "minimum": 1}, "channels_last": {"type": "boolean"},
      "baseline_ms": {"type": "number", "minimum": 0}, "compressed_ms": {"type": "number", "minimum": 0},
      "baseline_iqr_ms": {"type": "number", "minimum": 0}, "compressed_iqr_ms": {"type": "number", "minimum": 0},
-     "ratio": {"type": "number", "minimum": 0}, "verdict": _STR, "threads": _INT, "runs": _INT})
+     "ratio": {"type": "number", "minimum": 0}, "verdict": _STR, "threads": _INT, "runs": _INT,
+     "bn_folded": {"type": "boolean"}})
 _LAYER_ROW = _obj(["name", "macs_before", "macs_after", "params_before", "params_after", "ms_before", "ms_after"],
                   {"name": _STR, "type": {"type": ["string", "null"]}, "macs_before": _INT, "macs_after": _INT,
                    "params_before": _INT, "params_after": _INT, "ms_before": _NUM, "ms_after": _NUM})

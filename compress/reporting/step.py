@@ -35,6 +35,8 @@ class ReportStep(Config):
         threads: CPU intra-op threads while timing (``None`` keeps ``torch.get_num_threads()``); the count
             used is recorded in every latency row.
         per_layer: time each layer (first device, first dtype, first batch size) for the per-layer table.
+        fold_bn: time both models with their BatchNorms folded into the convs (the deploy form; what a
+            ``plan`` step with ``fold_bn: true`` planned for); the models themselves are not changed.
         plots: draw PNG plots.
     """
 
@@ -47,6 +49,7 @@ class ReportStep(Config):
     runs: int = 20
     threads: int | None = None
     per_layer: bool = True
+    fold_bn: bool = False
     plots: bool = True
 
     def validate(self) -> None:
@@ -83,7 +86,7 @@ def measure_latency(ctx: Any, cfg: ReportStep, notes: list[str]) -> list[Compari
     models = {BASELINE: ctx.baseline, COMPRESSED: ctx.model}
     with num_threads(cfg.threads):
         return [compare_latency(models, ctx.example_inputs, device=device, batch_sizes=cfg.batch_sizes, dtype=dtype,
-                                channels_last=layout, runs=cfg.runs, per_layer=cfg.per_layer and i == 0,
+                                channels_last=layout, runs=cfg.runs, per_layer=cfg.per_layer and i == 0, fold_bn=cfg.fold_bn,
                                 verbose=bool(ctx.state.get("verbose", True)))
                 for i, (device, dtype, layout) in enumerate(_settings(cfg, notes))]
 

@@ -58,7 +58,7 @@ def verdict_lines(r: dict[str, Any]) -> list[str]:
     """One line per latency row: ``"cpu float32 batch 1: faster by 1.83x (measured on cpu)"``."""
     out = []
     for row in r["latency"]:
-        layout = " channels_last" if row["channels_last"] else ""
+        layout = (" channels_last" if row["channels_last"] else "") + (" BN-folded" if row.get("bn_folded") else "")
         out.append(f"{row['device']} {row['dtype']}{layout} batch {row['batch']}: {row['verdict']}")
     return out
 
@@ -70,6 +70,8 @@ def _latency(r: dict[str, Any]) -> Section:
              row["verdict"]] for row in r["latency"]]
     lines = ["Median ms per batch ± interquartile range; models timed interleaved in one process; "
              "speed-up = baseline / compressed."] if rows else ["Latency was not measured."]
+    if any(row.get("bn_folded") for row in r["latency"]):
+        lines.append("Timed in deploy form: BatchNorms folded into their convs in BOTH models (report.fold_bn).")
     return Section("Latency", lines, ["device", "dtype", "batch", "channels_last", "threads", "baseline ms",
                                       "compressed ms", "speed-up", "verdict"], rows)
 

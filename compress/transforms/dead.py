@@ -162,6 +162,22 @@ def _zero_padded(conv: nn.Conv2d) -> bool:
     return conv.padding_mode == "zeros" and (conv.padding == "same" or any(p > 0 for p in conv.padding))
 
 
+def _width(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _unbalanced(module: nn.Module, removed: set[int]) -> bool:
+    """True when ``removed`` outputs of a grouped (not depthwise) conv are not the same count in every group:
+    the remaining filters would then be re-assigned to other input groups (or not divide into groups at all)."""
+    if not isinstance(module, nn.Conv2d) or not 1 < module.groups < module.in_channels:
+        return False
+    per_group = module.out_channels // module.groups
+    counts = [0] * module.groups
+    for i in removed:
+        counts[i // per_group] += 1
+    return len(set(counts)) > 1
+
+
 def _plan_group(group: Any, graph: Any, stats: dict, names: dict, ignored: Collection[nn.Module]) -> tuple[list, str]:
     """Folds for one tp group, or the reason it cannot be removed losslessly."""
     folds: list[_Fold] = []
@@ -264,7 +280,28 @@ class _Remover:
             for plan in filter(None, parts):
                 covered.update({key: plan for key in plan.members})
                 plans.append(plan)
-        return plans
+        return self._keep_a_channel(plans)
+
+    def _keep_a_channel(self, plans: list[_Plan]) -> list[_Plan]:
+        """Drop plans that, with the ones kept before them, would remove every output channel of a layer (on
+        few calibration images a whole narrow layer, e.g. an SE squeeze, can look constant) or leave a grouped
+        conv's groups unequal."""
+        removed: dict[str, set[int]] = {}
+        kept = []
+        for plan in plans:
+            after = {name: removed.get(name, set()) | {i for n, i in plan.members if n == name}
+                     for name in {n for n, _ in plan.members}}
+            modules = {n: self.model.get_submodule(n) for n in after}
+            emptied = sorted(n for n, idx in after.items() if len(idx) >= _width(modules[n]))
+            unbalanced = sorted(n for n, idx in after.items() if _unbalanced(modules[n], idx))
+            if emptied or unbalanced:
+                reason = (f"would remove every output channel of {emptied[0]}" if emptied else
+                          f"would remove unequal numbers of outputs from the groups of grouped conv {unbalanced[0]}")
+                self.report.skipped.append(DeadSkip(plan.layer, sorted(plan.dead), reason))
+                continue
+            removed.update(after)
+            kept.append(plan)
+        return kept
 
     def _plan_one(self, layer: str, dead: dict[int, Any], stats: dict, report: bool) -> _Plan | None:
         module = self.model.get_submodule(layer)

@@ -24,6 +24,7 @@ def test_defaults_and_parsing():
     cfg = parse(PlanStep, {"target": {"latency": 0.5}, "forms": ["prune", "shuffle"], "dtype": "bfloat16"})
     assert cfg.target == {"latency": 0.5} and cfg.forms == ("prune", "shuffle")
     assert (cfg.device, cfg.batch, cfg.channels_last, cfg.cache_dir) == ("cpu", 64, False, None)
+    assert cfg.fold_bn is True and parse(PlanStep, {"target": {"macs": 0.5}, "fold_bn": False}).fold_bn is False
 
 
 @pytest.mark.parametrize("data, field", [
@@ -37,6 +38,7 @@ def test_defaults_and_parsing():
     ({"target": {"macs": 0.5}, "batch": 0}, "batch"),
     ({"target": {"macs": 0.5}, "device": "tpu"}, "device"),
     ({"target": {"macs": 0.5}, "dtype": "int8"}, "dtype"),
+    ({"target": {"macs": 0.5}, "fold_bn": "yes"}, "fold_bn"),
 ])
 def test_bad_options(data, field):
     with pytest.raises(ConfigError) as err:
@@ -57,6 +59,7 @@ def test_handler_plans_applies_and_reports(tmp_path, x):
     ratio = cost(ctx.model, x).macs / cost(original, x).macs
     assert details["met"] and details["macs_ratio"] == pytest.approx(ratio) and ratio <= 0.62
     assert details["choices"] and details["summary"][0] == details["verdict"]
-    assert details["latency"]["batch"] == 2
+    assert details["latency"]["batch"] == 2 and details["latency"]["bn_folded"] is True  # the step's default
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ctx.model.modules())  # the model keeps its BNs
     assert "faster by" in details["verdict"] or "SLOWER by" in details["verdict"]
     assert ctx.analysis is None and ctx.model(x).shape == (1, 10)

@@ -108,3 +108,33 @@ def test_real_measurement_of_a_depthwise_staircase(tmp_path):
     stairs = table.layers["0"].staircase()
     assert list(stairs) == [16, 8] and all(v > 0 for v in stairs.values())
     assert table.as_dict()["layers"]["0"]["signature"].startswith("conv2d_i16_o16_k3x3")
+
+
+def test_rewrite_at_pruned_widths_is_measured_on_demand_and_cached(tmp_path, timer):
+    from compress.planning import Form
+    from compress.planning.predict import LatencyResource, State, site_widths
+    from compress.planning.problem import Site
+
+    model, x = two_convs()
+    reqs = requests(model, x)
+    table = build_table(reqs, batch=2, cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
+    before, calls = table.measured, timer.calls
+    shape = reqs["2"].shape
+    site = Site("2", shape, out_group=0, in_group=1)
+    resource = LatencyResource(table)
+    form = Form("grouped", 2)
+    assert resource.conv(site, 32, 32, form) == table.layers["2"].ms["grouped:2"]  # full width: the table entry
+    assert timer.calls == calls
+    ms = resource.conv(site, 16, 24, form)  # pruned widths: the rewrite is timed now at exactly that shape
+    pruned = shape.with_channels(24, 16)
+    assert timer.calls > calls and table.measured == before + 2  # with the dense conv of that shape, interleaved
+    cached = json.loads(table.path.read_text())["layers"][pruned.signature()]
+    assert set(cached) == {"dense", "grouped:2"}
+    t = table.layers["2"]
+    dense_here = t.full_ms * (t.out_ms(16) / t.full_ms) * (t.in_ms(24) / t.full_ms)  # the staircases' product
+    assert ms == pytest.approx(dense_here * cached["grouped:2"] / cached["dense"])  # times the measured ratio
+    assert site_widths(site, State([16, 24])) == (16, 24)
+    calls = timer.calls
+    assert resource.conv(site, 16, 24, form) == ms and timer.calls == calls  # asked again: no new timing
+    again = build_table(reqs, batch=2, cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
+    assert again.entry_ms(pruned, form) == cached["grouped:2"] and timer.calls == calls  # a later run reuses it

@@ -157,3 +157,110 @@ def test_best_round_is_the_cheapest_that_met():
     assert better(round_(True, 0.49, 1.0), round_(True, 0.3, 2.0), "latency")
     assert not better(round_(False, 0.7, 0.1), round_(False, 0.6, 0.5), "latency")
     assert better(round_(False, 0.6, 0.5), None, "latency")
+
+
+def test_latency_is_of_bn_folded_models_by_default(net, x, tmp_path, monkeypatch):
+    seen = []
+
+    def fake(models, *a, **k):
+        seen.append(k.get("fold_bn"))
+        return fake_comparison(10.0, 6.0)
+
+    monkeypatch.setattr(planner_mod, "compare_latency", fake)
+    p = plan(net, x, target={"latency": 0.7}, batch=4, forms=("prune",), max_iters=1, table_runs=1,
+             cache_dir=str(tmp_path), verbose=False)
+    assert seen and all(seen)  # the original's timing and every round's, folded
+    assert p.notes[0].startswith("latency of BN-folded models (deploy form) on both sides")
+    assert p.table["measured"] > 0
+    # the table timed the convs as the fold leaves them: with a bias (a BatchNorm follows every conv of net)
+    from compress.planning.table import _load
+    from pathlib import Path
+    assert all("_b1_" in sig for sig in _load(Path(p.table["path"])))
+    seen.clear()
+    plan(net, x, target={"latency": 0.7}, batch=4, forms=("prune",), max_iters=1, table_runs=1, fold_bn=False,
+         cache_dir=str(tmp_path), verbose=False)
+    assert seen and not any(seen)
+
+
+def test_fixed_time_is_part_of_the_prediction(net, x, tmp_path, monkeypatch):
+    from compress.planning import table as table_mod
+
+    # the original measures 98 ms (fastest run) while its convs take under 5 ms in the table: the rest is taken as
+    # fixed, so no plan is predicted below the fixed share; min_keep is not halved on that reading alone (the
+    # convs' own deepest ratio is reachable), only on measured evidence
+    monkeypatch.setattr(table_mod, "measure_ms", macs_like_ms)
+    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(100.0, 90.0))
+    p = plan(net, x, target={"latency": 0.5}, batch=4, forms=("prune",), max_iters=1, min_keep=0.5,
+             min_keep_limit=0.125, cache_dir=str(tmp_path), verbose=False)
+    fixed = float(re.search(r"fixed part of the predicted time \(not in the conv table\): ([\d.]+) ms of ([\d.]+) ms",
+                            p.notes[0]).group(1))
+    assert 93.0 < fixed < 98.0
+    assert p.predicted_ratio >= fixed / 98.0
+    deepest = re.search(r"deepest plan with min_keep 0.5 predicted at ([\d.]+)x of the original latency \(([\d.]+)x if",
+                        p.notes[1])
+    assert float(deepest.group(1)) >= fixed / 98.0 > 0.5 >= float(deepest.group(2))
+    assert not any(n.endswith("halved") for n in p.notes)
+
+
+def test_an_unreachable_target_halves_min_keep_before_measuring(net, x, tmp_path, monkeypatch):
+    from compress.planning import table as table_mod
+
+    monkeypatch.setattr(table_mod, "measure_ms", macs_like_ms)
+    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(1e-3, 0.9e-3))
+    p = plan(net, x, target={"latency": 0.05}, batch=4, forms=("prune",), max_iters=1, min_keep=0.5,
+             min_keep_limit=0.125, cache_dir=str(tmp_path), verbose=False)
+    halved = [n for n in p.notes if n.endswith("halved")]
+    assert [n.split(":")[0] for n in halved] == ["min_keep 0.5", "min_keep 0.25"]
+    assert any(n.startswith("deepest plan with min_keep 0.125") for n in p.notes)
+
+
+def test_a_plan_measured_slower_is_replaced_by_the_empty_plan(net, x, tmp_path, monkeypatch):
+    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 12.0))
+    p = plan(net, x, target={"latency": 0.9}, batch=4, forms=("prune",), max_iters=2, table_runs=1,
+             cache_dir=str(tmp_path), verbose=False)
+    assert p.iterations and all(it.measured_ratio == pytest.approx(1.2) for it in p.iterations)
+    assert p.choices == [] and not p.met and p.measured_ratio == 1.0
+    assert "the plan is left EMPTY, the model unchanged" in p.verdict and "1.200x" in p.verdict
+    assert apply_plan(copy.deepcopy(net), p, x)(x).shape == (1, 10)
+
+
+def test_bad_min_keep_limit_rejected(net, x):
+    with pytest.raises(CompressError, match="min_keep_limit"):
+        plan(net, x, target={"macs": 0.5}, min_keep=0.25, min_keep_limit=0.5, verbose=False)
+
+
+def macs_like_ms(modules, **kwargs):
+    """Table times proportional to weights x output positions: deterministic, unlike a loaded machine's."""
+    return {name: sum(p.numel() for p in m.parameters()) * x.shape[-1] * x.shape[-2] * 1e-6
+            for name, (m, x) in modules.items()}
+
+
+def test_a_missed_round_widens_the_grid(net, x, tmp_path, monkeypatch):
+    from compress.planning import table as table_mod
+
+    monkeypatch.setattr(table_mod, "measure_ms", macs_like_ms)
+    # every candidate measures 0.99x: the loop asks for more than the deepest plan at min_keep 0.5 can give, so
+    # it halves min_keep (to its limit) instead of stopping, and says so
+    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(1e-3, 0.99e-3))
+    p = plan(net, x, target={"latency": 0.9}, batch=4, forms=("prune",), max_iters=3, min_keep=0.5,
+             min_keep_limit=0.125, cache_dir=str(tmp_path), verbose=False)
+    assert not any(n.endswith("halved") for n in p.notes)  # the prediction alone saw no need
+    widened = [n for n in p.notes if "is past the deepest plan; min_keep halved" in n]
+    assert [n.rsplit(" ", 1)[-1] for n in widened] == ["0.25", "0.125"]
+    # (a third round may repeat the second's plan: 16- and 32-channel groups have the same 8-aligned grid at 0.25
+    # and 0.125, and a repeated plan is not measured twice)
+    assert 2 <= len(p.iterations) <= 3 and not p.met and p.measured_ratio == pytest.approx(0.99)
+    assert p.iterations[1].predicted_ratio < p.iterations[0].predicted_ratio  # the wider grid went deeper
+
+
+def test_rounds_either_side_of_the_target_are_bracketed():
+    from compress.planning import Iteration
+
+    bracket = planner_mod._bracketed
+    missed = Iteration(1, 0.5, 0.50, 0.56, False, 3)
+    met = Iteration(2, 0.4, 0.40, 0.44, True, 5)
+    assert bracket([missed], 0.5, 0.3) == 0.3  # one side only: the error model's goal stands
+    # the straight line through (0.56 measured, 0.50 predicted) and (0.44, 0.40) reaches 0.5 measured at 0.45
+    assert bracket([missed, met], 0.5, 0.6) == pytest.approx(0.45)
+    closer = Iteration(3, 0.45, 0.46, 0.52, False, 4)  # the missed round measured closest is the one used
+    assert bracket([missed, met, closer], 0.5, 0.6) == pytest.approx(0.40 + 0.06 * 0.06 / 0.08)

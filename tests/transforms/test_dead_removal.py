@@ -245,3 +245,47 @@ def test_with_the_real_analysis_planted_channels_are_removed():
     assert planted <= removed
     with torch.no_grad():  # constants the analysis found on these batches are exact on these batches
         assert max(_rel(model(x), ref(x)) for x in batches) <= REL_TOL
+
+
+def test_a_layer_whose_every_channel_is_constant_keeps_one():
+    """On few calibration images a narrow layer can look wholly constant: removing all of it would leave a
+    conv with zero filters (seen on mobilenet_v3_small's SE squeeze convs), so one channel must stay."""
+    model = _randomize_bn(SmallNet())
+    _plant(model.bn2, list(range(16)), 0.4)  # every conv2 channel constant, into the padded 3x3 conv3
+    analysis = FakeAnalysis({"conv2": {i: _const(0.4) for i in range(16)}})
+    x = torch.randn(4, 3, 16, 16)
+    ref = copy.deepcopy(model)
+    report = remove_dead_channels(model, x[:1], analysis, probe=[x], tol=1.0)
+    assert model.conv2.out_channels >= 1 and model.conv3.in_channels == model.conv2.out_channels
+    assert any("every output channel of conv2" in s.reason for s in report.skipped)
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all() and _rel(model(x), ref(x)) <= 1.0
+
+
+class GroupedNet(nn.Module):
+    """conv3x3-BN-ReLU -> grouped conv3x3 (groups 4)-BN-ReLU -> 1x1 -> pool -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(16)
+        self.conv3 = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(self.conv3(x).mean(dim=(2, 3)))
+
+
+def test_outputs_of_a_grouped_conv_are_not_removed():
+    """Removing 1 of 16 outputs of a groups=4 conv would leave 15 filters that 4 groups cannot divide (a
+    balanced removal, one position per group, is allowed: tests/transforms/test_prune_compat.py)."""
+    model = _randomize_bn(GroupedNet())
+    _plant(model.bn2, [3], -1.0)  # zero after the ReLU, into the 1x1 conv3: would be exact if allowed
+    analysis = FakeAnalysis({"conv2": {3: _const(0.0)}})
+    x = torch.randn(4, 3, 16, 16)
+    report = remove_dead_channels(model, x[:1], analysis, probe=[x])
+    assert model.conv2.out_channels == 16 and report.channels_removed == 0
+    assert any("groups of grouped conv conv2" in s.reason for s in report.skipped)
+    assert torch.isfinite(model(x)).all()
