@@ -121,17 +121,21 @@ def _grouped_knob(model: nn.Module, x: torch.Tensor, budget: float, analysis: An
 
 
 def ours_rewrite(model: nn.Module, x: torch.Tensor, macs_target: float, *, kind: str, analysis: Any = None,
-                 probe: torch.Tensor | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                 probe: torch.Tensor | None = None, calib: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rewrite ``kind`` with its knob searched so the model's MACs meet ``macs_target`` (when reachable).
 
-    ``separable``: the per-layer relative weight-error budget ``max_error`` is bisected (the smallest budget
-    that meets the MACs target: the per-layer ``T`` is the smallest whose error fits it). ``grouped``
+    ``separable`` with ``calib`` (calibration images): the rewrite's own data-aware ``macs_target``
+    allocation (T per layer at the least summed output error; factors fitted to the input patch statistics).
+    ``separable`` without ``calib``: the per-layer relative weight-error budget ``max_error`` is bisected (the
+    smallest budget that meets the MACs target: the per-layer ``T`` is the smallest whose error fits it). ``grouped``
     (``groups: auto``): the largest kept-energy threshold that meets it (each layer then takes the most groups
     that keep that share of its weight energy). When no setting reaches the budget the cheapest one is
     returned and ``budget_met`` says so. ``probe``: real images ``(B, C, H, W)`` on which the final rewrite
     measures each layer's output error (default ``x``; an all-zero ``x`` would make those errors meaningless).
     """
     budget = macs_target * macs_of(model, x)
+    if kind == "separable" and calib is not None:
+        return _separable_target(model, x, macs_target, analysis=analysis, probe=probe, calib=calib, budget=budget)
     if kind == "separable":
         lo, hi = 0.0, 0.99
         if macs_of(_rewritten(model, kind, None, analysis, max_error=hi)[0], x) > budget:
@@ -149,3 +153,19 @@ def ours_rewrite(model: nn.Module, x: torch.Tensor, macs_target: float, *, kind:
         raise ValueError(f"ours_rewrite: kind {kind!r} has no budget search (separable, grouped)")
     twin, records = _rewritten(model, kind, x if probe is None else probe, analysis, **knob)
     return twin, {"kind": kind, **knob, **_summary(records), "budget_met": macs_of(twin, x) <= budget}
+
+
+def _separable_target(model: nn.Module, x: torch.Tensor, macs_target: float, *, analysis: Any,
+                      probe: torch.Tensor | None, calib: Any, budget: float) -> tuple[nn.Module, dict[str, Any]]:
+    """The data-aware ``macs_target`` separable rewrite; the cheapest rewrite (T = 1) when the target is
+    below what separable forms can reach (``budget_met`` then says so)."""
+    from compress.errors import CompressError
+
+    example = x if probe is None else probe
+    try:
+        twin, records = _rewritten(model, "separable", example, analysis, macs_target=macs_target, calib=calib)
+        knob: dict[str, Any] = {"macs_target": macs_target, "data_aware": True}
+    except CompressError:  # below the cheapest rewrite
+        twin, records = _rewritten(model, "separable", example, analysis, T=1, calib=calib)
+        knob = {"T": 1, "data_aware": True}
+    return twin, {"kind": "separable", **knob, **_summary(records), "budget_met": macs_of(twin, x) <= budget}

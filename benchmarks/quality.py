@@ -17,7 +17,7 @@ transform, after BN calibration (quick mode: on the first 2,000 test images) and
 all 10,000); then params, MACs, and CPU latency of all variants
 against the baseline, interleaved in one process, at batch 1 and 64 with ``--threads`` (default 1) threads.
 
-    python benchmarks/quality.py --quick      # 2,000 fine-tune images, 1 epoch
+    python benchmarks/quality.py --quick      # 10,000 fine-tune images, 1 epoch
     python benchmarks/quality.py              # full train split, 2 epochs (documented time in RESULTS.md)
 
 Writes ``benchmarks/results/quality_<model>.json`` (one per model, each with its own command, date and load) and
@@ -149,7 +149,9 @@ def _transform(s: Setup, method: str, budget: float, *, importance: str, analysi
     if method == "prune":
         return ours_prune(s.baseline, s.example, budget, importance=importance, analysis=analysis)
     probe = next(iter(s.data.calib))[0][:8]  # real images: per-layer output errors of the rewrite
-    return ours_rewrite(s.baseline, s.example, budget, kind=MODELS[s.key][1], analysis=analysis, probe=probe)
+    calib = [images for images, *_ in s.data.calib]  # the rewrite step's default: the calibration split's batches
+    return ours_rewrite(s.baseline, s.example, budget, kind=MODELS[s.key][1], analysis=analysis, probe=probe,
+                        calib=calib)
 
 
 def _run_method(s: Setup, method: str, budget: float, loader: DataLoader, args: argparse.Namespace, *,
@@ -241,7 +243,7 @@ def _origin(origin: dict[str, Any]) -> dict[str, Any]:
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="fine-tune on 2,000 images for 1 epoch; intermediate stages on 2,000 test images; 20 runs")
+                   help="fine-tune on 10,000 images for 1 epoch; intermediate stages on 2,000 test images; 20 runs")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.25], help="fractions of the original MACs")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -260,7 +262,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.finetune_images = args.finetune_images or 2000
+        args.finetune_images = args.finetune_images or 10000
         args.stage_images = args.stage_images or 2000
         args.epochs, args.runs = 1.0, 20
     return args
