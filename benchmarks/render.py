@@ -29,6 +29,14 @@ def _pts(x: float | None, ref: float | None) -> str:
     return "—" if x is None or ref is None else f"{100 * (x - ref):+.2f}"
 
 
+def _script_header(run: dict[str, Any], description: str) -> list[str]:
+    """Context lines of a script's run, a bullet describing its output, and its error tail if it failed."""
+    lines = [*context_lines(run["context"], seconds=run["seconds"]), f"- {description}", ""]
+    if run["status"] != "ok":
+        lines += [f"**FAILED ({run['status']})**:", "", "```", run["stderr"][-1500:], "```", ""]
+    return lines
+
+
 def _failed(title: str, run: dict[str, Any] | None) -> list[str]:
     """Lines saying a rerun failed (or that the figures shown are from an earlier run)."""
     if run is None:
@@ -324,12 +332,10 @@ def overhead_section(run: dict[str, Any] | None) -> str:
     lines = ["## 4. Analysis overhead vs plain inference, and peak memory vs calibration batches", ""]
     if run is None:
         return "\n".join(lines + ["Not rerun by this invocation (`--skip overhead`).", ""])
-    lines += context_lines(run["context"], seconds=run["seconds"])
-    lines += ["- `benchmarks/analysis_overhead.py` (owned by the analysis engineer) prints the table below; "
-              "`ratio` = analyze seconds / plain inference seconds over the same N batches; peak RSS read in a "
-              "fresh process per N (flat across N = streaming statistics, no stored activations).", ""]
-    if run["status"] != "ok":
-        lines += [f"**FAILED ({run['status']})**:", "", "```", run["stderr"][-1500:], "```", ""]
+    lines += _script_header(run, "`benchmarks/analysis_overhead.py` (owned by the analysis engineer) prints the "
+                            "table below; `ratio` = analyze seconds / plain inference seconds over the same N "
+                            "batches; peak RSS read in a fresh process per N (flat across N = streaming "
+                            "statistics, no stored activations).")
     lines += ["```", run["stdout"].strip(), "```", ""]
     return "\n".join(lines)
 
@@ -391,12 +397,9 @@ def efficiency_section(docs: list[dict[str, Any]], run: dict[str, Any] | None, g
     if run is not None:
         lines += ["### CPU, torchvision models at reduced resolution (`benchmarks/gpu_latency.py` run on this CPU)",
                   ""]
-        lines += context_lines(run["context"], seconds=run["seconds"])
-        lines += ["- same variants as the H200 table below (torch-pruning MagnitudePruner 50% channels, round_to 8; "
-                  "compress separable T=2 on 3x3 convs with >= 64 channels), channels_last, float32, "
-                  "OMP_NUM_THREADS=1 (1 thread), random weights.", ""]
-        if run["status"] != "ok":
-            lines += [f"**FAILED ({run['status']})**:", "", "```", run["stderr"][-1500:], "```", ""]
+        lines += _script_header(run, "same variants as the H200 table below (torch-pruning MagnitudePruner 50% "
+                                "channels, round_to 8; compress separable T=2 on 3x3 convs with >= 64 channels), "
+                                "channels_last, float32, OMP_NUM_THREADS=1 (1 thread), random weights.")
         title, rows = parse_latency_table(run["stdout"])
         lines += [f"Script header: {title}", "", md_table(["model", "variant", "MAC reduction", "speed-up",
                                                           "efficiency", "verdict"], _efficiency_rows(rows)), ""]
