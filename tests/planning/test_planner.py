@@ -11,7 +11,8 @@ from compress.errors import CompressError
 from compress.measurement import Stats, cost
 from compress.measurement.latency import Comparison, LatencyResult, LatencySettings
 from compress.planning import apply_plan, plan
-from compress.planning import planner as planner_mod
+from compress.planning import runner as runner_mod
+from compress.planning import search as search_mod
 
 
 
@@ -77,7 +78,7 @@ def fake_comparison(base_ms: float, planned_ms: float) -> Comparison:
 
 
 def test_a_slower_plan_is_called_slower(net, x, tmp_path, monkeypatch):
-    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 12.0))
+    monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 12.0))
     p = plan(net, x, target={"macs": 0.7}, batch=4, forms=("prune",), cache_dir=str(tmp_path), verbose=False)
     assert p.met  # the MACs target is met...
     assert "SLOWER by 1.20x on cpu" in p.verdict  # ...but the slow-down is said out loud
@@ -85,7 +86,7 @@ def test_a_slower_plan_is_called_slower(net, x, tmp_path, monkeypatch):
 
 
 def test_unreachable_latency_target_is_not_met(net, x, tmp_path, monkeypatch):
-    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 9.0))
+    monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 9.0))
     p = plan(net, x, target={"latency": 0.1}, batch=4, forms=("prune",), max_iters=3, table_runs=1,
              cache_dir=str(tmp_path), verbose=False)
     assert not p.met and p.measured_ratio == pytest.approx(0.9)
@@ -132,10 +133,10 @@ def test_residual_groups_are_planned_together(tmp_path):
 
 
 def test_closed_loop_reaims_the_goal():
-    nxt = planner_mod._next_goal
+    nxt = search_mod.next_goal
     # missed: 0.5 predicted measured 0.6, so 80% of a predicted saving shows; aim where 0.5 would be measured
     assert nxt(0.5, 0.6, 0.5, 0.02, 0.05, exhausted=False) == pytest.approx(1 - 0.5 / 0.8)
-    assert planner_mod._aim(0.375, 1 - 0.8 * 0.625, 0.5) == pytest.approx(0.375)  # consistent with the model
+    assert search_mod.aim(0.375, 1 - 0.8 * 0.625, 0.5) == pytest.approx(0.375)  # consistent with the model
     assert nxt(0.45, 0.52, 0.5, 0.01, 0.05, exhausted=False) == pytest.approx(0.425)  # at least half a step more
     assert nxt(0.6, 1.2, 0.5, 0.02, 0.05, exhausted=False) == pytest.approx(0.25)  # slower: the error as a factor
     assert nxt(0.6, 0.7, 0.5, 0.02, 0.05, exhausted=True) is None  # nothing left to prune
@@ -149,10 +150,10 @@ def test_best_round_is_the_cheapest_that_met():
     from compress.planning import LayerChoice
 
     def round_(met, ratio, cost):
-        return planner_mod._Round(met, [LayerChoice("c", "prune", 16, 8, cost=cost)], ratio, {"latency": ratio},
+        return search_mod.Round(met, [LayerChoice("c", "prune", 16, 8, cost=cost)], ratio, {"latency": ratio},
                                   None, [])
 
-    better = planner_mod._better
+    better = search_mod.better
     assert better(round_(True, 0.5, 2.0), round_(False, 0.4, 0.1), "latency")
     assert better(round_(True, 0.49, 1.0), round_(True, 0.3, 2.0), "latency")
     assert not better(round_(False, 0.7, 0.1), round_(False, 0.6, 0.5), "latency")
@@ -166,7 +167,7 @@ def test_latency_is_of_bn_folded_models_by_default(net, x, tmp_path, monkeypatch
         seen.append(k.get("fold_bn"))
         return fake_comparison(10.0, 6.0)
 
-    monkeypatch.setattr(planner_mod, "compare_latency", fake)
+    monkeypatch.setattr(runner_mod, "compare_latency", fake)
     p = plan(net, x, target={"latency": 0.7}, batch=4, forms=("prune",), max_iters=1, table_runs=1,
              cache_dir=str(tmp_path), verbose=False)
     assert seen and all(seen)  # the original's timing and every round's, folded
@@ -189,7 +190,7 @@ def test_fixed_time_is_part_of_the_prediction(net, x, tmp_path, monkeypatch):
     # fixed, so no plan is predicted below the fixed share; min_keep is not halved on that reading alone (the
     # convs' own deepest ratio is reachable), only on measured evidence
     monkeypatch.setattr(table_mod, "measure_ms", macs_like_ms)
-    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(100.0, 90.0))
+    monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(100.0, 90.0))
     p = plan(net, x, target={"latency": 0.5}, batch=4, forms=("prune",), max_iters=1, min_keep=0.5,
              min_keep_limit=0.125, cache_dir=str(tmp_path), verbose=False)
     fixed = float(re.search(r"fixed part of the predicted time \(not in the conv table\): ([\d.]+) ms of ([\d.]+) ms",
@@ -206,7 +207,7 @@ def test_an_unreachable_target_halves_min_keep_before_measuring(net, x, tmp_path
     from compress.planning import table as table_mod
 
     monkeypatch.setattr(table_mod, "measure_ms", macs_like_ms)
-    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(1e-3, 0.9e-3))
+    monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(1e-3, 0.9e-3))
     p = plan(net, x, target={"latency": 0.05}, batch=4, forms=("prune",), max_iters=1, min_keep=0.5,
              min_keep_limit=0.125, cache_dir=str(tmp_path), verbose=False)
     halved = [n for n in p.notes if n.endswith("halved")]
@@ -215,7 +216,7 @@ def test_an_unreachable_target_halves_min_keep_before_measuring(net, x, tmp_path
 
 
 def test_a_plan_measured_slower_is_replaced_by_the_empty_plan(net, x, tmp_path, monkeypatch):
-    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 12.0))
+    monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 12.0))
     p = plan(net, x, target={"latency": 0.9}, batch=4, forms=("prune",), max_iters=2, table_runs=1,
              cache_dir=str(tmp_path), verbose=False)
     assert p.iterations and all(it.measured_ratio == pytest.approx(1.2) for it in p.iterations)
@@ -241,7 +242,7 @@ def test_a_missed_round_widens_the_grid(net, x, tmp_path, monkeypatch):
     monkeypatch.setattr(table_mod, "measure_ms", macs_like_ms)
     # every candidate measures 0.99x: the loop asks for more than the deepest plan at min_keep 0.5 can give, so
     # it halves min_keep (to its limit) instead of stopping, and says so
-    monkeypatch.setattr(planner_mod, "compare_latency", lambda *a, **k: fake_comparison(1e-3, 0.99e-3))
+    monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(1e-3, 0.99e-3))
     p = plan(net, x, target={"latency": 0.9}, batch=4, forms=("prune",), max_iters=3, min_keep=0.5,
              min_keep_limit=0.125, cache_dir=str(tmp_path), verbose=False)
     assert not any(n.endswith("halved") for n in p.notes)  # the prediction alone saw no need
@@ -256,7 +257,7 @@ def test_a_missed_round_widens_the_grid(net, x, tmp_path, monkeypatch):
 def test_rounds_either_side_of_the_target_are_bracketed():
     from compress.planning import Iteration
 
-    bracket = planner_mod._bracketed
+    bracket = search_mod.bracketed
     missed = Iteration(1, 0.5, 0.50, 0.56, False, 3)
     met = Iteration(2, 0.4, 0.40, 0.44, True, 5)
     assert bracket([missed], 0.5, 0.3) == 0.3  # one side only: the error model's goal stands
