@@ -48,7 +48,7 @@ __all__ = ["compare_variants", "markdown_table", "machine_lines", "COLUMNS", "CA
 BN_BATCHES = 16  # training batches every variant's BatchNorms are re-estimated on before its accuracy is taken
 
 COLUMNS = ("model", "batch", "variant", "ms", "iqr_ms", "speedup", "latency_ratio", "macs_ratio", "efficiency",
-           "top1", "verdict")
+           "top1", "top1_finetuned", "verdict")
 
 
 def compare_variants(variants: dict[str, nn.Module], x: torch.Tensor, *, device: str, batch: int,
@@ -101,8 +101,9 @@ def machine_lines(device: str) -> list[str]:
             f"intra-op threads {torch.get_num_threads()}; load average at start {_load_average()}"]
 
 
-def _trained_small_resnet(model: nn.Module) -> tuple[nn.Module, Any, Any, list] | None:
-    """``(model with trained weights, test loader, calib loader, BN batches)`` when a baseline and the data exist.
+def _trained_small_resnet(model: nn.Module) -> tuple[nn.Module, Any, Any, list, Any] | None:
+    """``(model with trained weights, test loader, calib loader, BN batches, train loader)`` when a baseline and
+    the data exist.
 
     The BN batches are the first ``BN_BATCHES`` batches of the (shuffled, seeded) training loader, kept as a list
     so every variant is re-calibrated on the same images.
@@ -124,7 +125,7 @@ def _trained_small_resnet(model: nn.Module) -> tuple[nn.Module, Any, Any, list] 
         print(f"accuracy: trained baseline {path}")
         torch.manual_seed(0)
         bn_batches = [images for images, _ in itertools.islice(data.train, BN_BATCHES)]
-        return model.eval(), data.test, data.calib, bn_batches
+        return model.eval(), data.test, data.calib, bn_batches, data.train
     return None
 
 
@@ -140,21 +141,42 @@ def _top1(model: nn.Module, loader: Any, bn_batches: list | None) -> float | Non
     return evaluate(twin, loader, device="cpu", verbose=False).summary()["top1"]
 
 
-def small_resnet_case() -> tuple[nn.Module, torch.Tensor, Any, Any, list | None]:
+def _finetuned_top1(model: nn.Module, teacher: nn.Module, train: Any, test: Any, bn_batches: list,
+                    args: argparse.Namespace) -> float | None:
+    """Test top-1 of a copy of ``model`` after BN re-calibration and ``args.finetune_epochs`` epochs of
+    distillation from ``teacher`` (the original): the same recipe, data order and seed for every variant."""
+    if train is None or args.finetune_epochs <= 0:
+        return None
+    from compress.measurement import evaluate
+    from compress.measurement.timing import num_threads
+    from compress.training import DistillConfig, TrainConfig, calibrate_bn, fit
+
+    twin = copy.deepcopy(model)
+    calibrate_bn(twin, [(images,) for images in bn_batches], max_batches=len(bn_batches))
+    for p in twin.parameters():
+        p.requires_grad_(True)
+    config = TrainConfig(epochs=args.finetune_epochs, lr=0.02, warmup_epochs=0.1)
+    with num_threads(args.finetune_threads):  # training is not timed: use every core
+        fit(twin, train, config=config, device="cpu", teacher=teacher, distill=DistillConfig(alpha=0.7),
+            seed=0, verbose=args.verbose)
+    return evaluate(twin.eval(), test, device="cpu", verbose=False).summary()["top1"]
+
+
+def small_resnet_case() -> tuple[nn.Module, torch.Tensor, Any, Any, list | None, Any]:
     from compress.models import build_model
 
     torch.manual_seed(0)
     model = build_model({"name": "compress:small_resnet", "kwargs": {"widths": [16, 32, 64]}}).eval()
     found = _trained_small_resnet(model)
-    test, calib, bn = found[1:] if found else (None, None, None)
-    return (found[0] if found else model), torch.randn(1, 1, 28, 28), test, calib, bn
+    test, calib, bn, train = found[1:] if found else (None, None, None, None)
+    return (found[0] if found else model), torch.randn(1, 1, 28, 28), test, calib, bn, train
 
 
-def resnet18_case() -> tuple[nn.Module, torch.Tensor, Any, Any, list | None]:
+def resnet18_case() -> tuple[nn.Module, torch.Tensor, Any, Any, list | None, Any]:
     import torchvision
 
     torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 224, 224), None, None, None
+    return torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 224, 224), None, None, None, None
 
 
 CASES: dict[str, tuple[str, Callable, int]] = {
@@ -164,7 +186,7 @@ CASES: dict[str, tuple[str, Callable, int]] = {
 
 def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     """Plan, apply, prune uniformly to the same MACs, compare all three; return table rows and plan notes."""
-    model, x, test, calib, bn_batches = build()
+    model, x, test, calib, bn_batches, train = build()
     began = time.perf_counter()
     p = plan(model, x, target={"latency": args.target}, device="cpu", batch=batch, forms=tuple(args.forms),
              calib=calib, max_iters=args.max_iters, max_widths=args.max_widths, min_keep=args.min_keep,
@@ -176,7 +198,9 @@ def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -
                             device="cpu", batch=batch, dtype=torch.float32, channels_last=False, runs=args.runs,
                             fold_bn=args.fold_bn)
     for row, m in zip(rows, (model, planned, uniform)):
-        row.update(model=name, batch=batch, top1=_top1(m, test, bn_batches))
+        row.update(model=name, batch=batch, top1=_top1(m, test, bn_batches),
+                   top1_finetuned=_finetuned_top1(m, model, train, test, bn_batches, args) if m is not model
+                   else None)
     rounds = [f"round {it.index}: predicted target {it.predicted_target:.3f}, predicted {it.predicted_ratio:.3f}, "
               f"measured {it.measured_ratio:.3f}" for it in p.iterations]
     notes = [f"### {name}, batch {batch} ({time.perf_counter() - began:.0f} s)", "", "```", *p.summary_lines(),
@@ -204,6 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=20, help="interleaved timed rounds per comparison (>= 20)")
     parser.add_argument("--cache-dir", default=None, help="latency-table cache (default $COMPRESS_CACHE/latency)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "plan_cpu.md"))
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="also fine-tune planned and uniform (BN re-calibration, then this many epochs of "
+                             "distillation from the original on the Fashion-MNIST train split; default 0: none)")
+    parser.add_argument("--finetune-threads", type=int, default=2, help="intra-op threads while fine-tuning")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -235,9 +263,10 @@ def explain(fold_bn: bool) -> str:
             "MACs / original MACs; efficiency = speed-up x macs_ratio = speed-up / MAC reduction (1.0: time fell as "
             "fast as MACs; below 1: MACs fell faster than time). top1: Fashion-MNIST test accuracy after BatchNorm "
             f"re-calibration on the same {BN_BATCHES} training batches for every variant, the original included, "
-            "and no fine-tuning (n/a: no cached trained baseline or no data). Planned and uniform sit at about the "
-            "same MACs, so top1 shows the accuracy each keeps before fine-tuning: the efficiencies compare 'at the "
-            "same accuracy' only as far as their top1 agree, which is as close as a no-fine-tune comparison gets. "
+            "and no fine-tuning (n/a: no cached trained baseline or no data). top1_finetuned: the same after "
+            "`--finetune-epochs` epochs of distillation from the original (alpha 0.7, T 4, SGD lr 0.02, seed 0: the "
+            "same recipe and data order for planned and uniform; n/a: not run). Planned and uniform sit at about the "
+            "same MACs; the latency comparison is 'at the same accuracy' as far as their top1_finetuned agree. "
             "The uniform model is torch-pruning's MagnitudePruner (L2, same ratio in every group, widths rounded "
             "to the plan's alignment) at the ratio whose MACs come closest to the planned MACs from below (or the "
             "fewest MACs it reaches, when it cannot get that low). Timings on a shared machine are noisy: read the "

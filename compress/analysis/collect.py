@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..data.batches import batch_count, batch_inputs
 from ..errors import CompressError
 from .accumulate import ChannelAccumulator
 from .finite import check_finite_statistics, check_finite_weights
@@ -66,15 +67,6 @@ class _Collector:
             handle.remove()
 
 
-def _inputs(batch: Any) -> torch.Tensor:
-    """The input tensor of a loader batch: ``(inputs, targets, ...)`` or bare inputs."""
-    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
-    if not isinstance(x, torch.Tensor):
-        raise CompressError(f"analysis: loader batches must be a tensor or an (inputs, targets) pair, "
-                            f"got {type(batch).__name__}")
-    return x
-
-
 def _model_device(model: nn.Module) -> torch.device | None:
     devices = {t.device for t in list(model.parameters()) + list(model.buffers())}
     return devices.pop() if len(devices) == 1 else None
@@ -107,23 +99,13 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = mode
 
 
-def _total(loader: Iterable, max_batches: int | None) -> int | None:
-    try:
-        total = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
-    if max_batches is None:
-        return total
-    return max_batches if total is None else min(total, max_batches)
-
-
 def _run(model: nn.Module, loader: Iterable, convs: dict[str, nn.Conv2d], *, max_batches: int | None,
          device: torch.device, verbose: bool, max_channels: int) -> tuple[_Collector, int, int]:
     collector, batches, images = None, 0, 0
-    bar = tqdm(total=_total(loader, max_batches), desc="analyze", unit="batch", leave=False, disable=not verbose)
+    bar = tqdm(total=batch_count(loader, max_batches), desc="analyze", unit="batch", leave=False, disable=not verbose)
     try:
         for batch in islice(loader, max_batches):
-            x = _inputs(batch).to(device)
+            x = batch_inputs(batch, what="analysis").to(device)
             if collector is None:
                 chains = trace_chains(model, x[:1])
                 collector = _Collector(model, convs, chains, device=device, max_channels=max_channels)

@@ -1,4 +1,4 @@
-"""Carry out a plan: prune its channel groups with torch-pruning, then rewrite its convs.
+"""Carry out a plan: prune its channel groups with torch-pruning, drop its residual blocks, then rewrite its convs.
 
 Pruning goes first and uses the plan's exact channel indices (no importance is recomputed), so the result is
 the model the planner measured. Rewrites then run on the pruned convs through
@@ -62,7 +62,12 @@ def apply_choices(model: nn.Module, choices: list[LayerChoice], example_inputs: 
     prunes = [c for c in choices if c.form == "prune"]
     if prunes:
         _prune(model, prunes, x)
-    return _rewrite(model, [c for c in choices if c.form != "prune"], x, verbose)
+    drops = [c.layer for c in choices if c.form == "drop"]
+    if drops:  # after pruning: a group may be rooted inside a dropped block
+        from ..transforms.drop_block import drop_blocks
+
+        drop_blocks(model, drops)
+    return _rewrite(model, [c for c in choices if c.form not in ("prune", "drop")], x, verbose)
 
 
 def apply_plan(model: nn.Module, plan: Plan, example_inputs: torch.Tensor, *, verbose: bool = False) -> nn.Module:

@@ -17,11 +17,12 @@ from torch import nn
 from ..errors import CompressError
 from .shapes import ConvShape
 
-__all__ = ["FORM_KINDS", "REWRITE_KINDS", "Form", "aligned_widths", "default_align", "rewrite_forms",
+__all__ = ["FORM_KINDS", "REWRITE_KINDS", "BLOCK_KINDS", "Form", "aligned_widths", "default_align", "rewrite_forms",
            "check_forms", "MIN_REWRITE_CHANNELS"]
 
 REWRITE_KINDS = ("grouped", "separable", "shuffle", "bottleneck")
-FORM_KINDS = ("prune",) + REWRITE_KINDS
+BLOCK_KINDS = ("drop",)  # whole residual blocks replaced by the identity (compress.planning.blocks)
+FORM_KINDS = ("prune",) + REWRITE_KINDS + BLOCK_KINDS
 
 _VALUES: dict[str, tuple] = {"grouped": (2, 4, 8), "separable": (1, 2, 4), "shuffle": (2, 4, 8),
                              "bottleneck": (0.25, 0.5)}

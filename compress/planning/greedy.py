@@ -2,8 +2,8 @@
 
 Each step asks for a decrement of the predicted resource (ms, MACs or parameters). For every prunable group it
 takes the widest candidate width that saves at least the decrement (so a plateau of the measured staircase is
-jumped over, never paid for), for every dense conv each rewrite that saves anything, and applies the move
-with the lowest accuracy cost per unit saved. When no move reaches the decrement, the best cost per unit
+jumped over, never paid for), for every dense conv each rewrite that saves anything, for every droppable
+residual block its drop, and applies the move with the lowest accuracy cost per unit saved. When no move reaches the decrement, the best cost per unit
 saved among all saving moves is taken. Steps repeat until the target is met or nothing saves any more.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ MIN_FORM_GAIN = 0.05
 
 @dataclass(frozen=True)
 class Move:
-    """One greedy step: a group pruned to ``width`` (``group`` set) or a conv rewritten (``site`` set)."""
+    """One greedy step: a group pruned to ``width`` (``group`` set), a conv rewritten (``site`` set) or a
+    residual block dropped (``block`` set)."""
 
     saving: float
     cost: float
@@ -33,6 +34,15 @@ class Move:
     width: int | None = None
     site: str | None = None
     form: Form | None = None
+    block: str | None = None
+
+    def apply(self, problem: Problem, state: State) -> None:
+        if self.group is not None:
+            state.widths[self.group] = self.width
+        elif self.block is not None:
+            state.drop(problem, self.block)
+        else:
+            state.forms[self.site] = self.form
 
     def key(self) -> tuple[float, float]:
         # lowest cost per unit saved; among free moves, the largest saving
@@ -75,7 +85,7 @@ def _prune_moves(problem: Problem, resource: Resource, state: State, gid: int, n
 def _form_moves(problem: Problem, resource: Resource, state: State) -> list[Move]:
     moves = []
     for name, site in problem.sites.items():
-        if name in state.forms or not site.forms:
+        if name in state.forms or not site.forms or not state.runs(site):
             continue
         a, b = site_widths(site, state)
         dense = resource.conv(site, a, b, None)
@@ -84,6 +94,20 @@ def _form_moves(problem: Problem, resource: Resource, state: State) -> list[Move
                 saving = dense - resource.conv(site, a, b, form)
                 if saving > MIN_FORM_GAIN * dense:
                     moves.append(Move(saving, site.form_costs[form.key], site=name, form=form))
+    return moves
+
+
+def _drop_moves(problem: Problem, resource: Resource, state: State) -> list[Move]:
+    """Dropping each block still in place: saves its convs at their current widths plus its overhead."""
+    before = total(problem, resource, state)
+    moves = []
+    for name, block in problem.blocks.items():
+        if name not in state.dropped:
+            trial = state.copy()
+            trial.drop(problem, name)
+            saving = before - total(problem, resource, trial)
+            if saving > 0:
+                moves.append(Move(saving, block.cost, block=name))
     return moves
 
 
@@ -110,7 +134,7 @@ def greedy(problem: Problem, resource: Resource, *, other: float, target: float,
     bar = tqdm(total=max_steps, desc="plan", leave=False, disable=not verbose)
     while current > target and len(moves) < max_steps:
         step = min(decrement, current - target)
-        forms = _form_moves(problem, resource, state)
+        forms = _form_moves(problem, resource, state) + _drop_moves(problem, resource, state)
         found = [_prune_moves(problem, resource, state, gid, names, step) for gid, names in members.items()]
         # NetAdapt: one candidate per group, the widest that reaches the decrement; else the best ratios
         pool = [r for r, _ in found if r is not None] + [m for m in forms if m.saving >= step]
@@ -118,10 +142,7 @@ def greedy(problem: Problem, resource: Resource, *, other: float, target: float,
         if not pool:
             break  # nothing saves any more: the target is out of reach
         move = min(pool, key=Move.key)
-        if move.group is not None:
-            state.widths[move.group] = move.width
-        else:
-            state.forms[move.site] = move.form
+        move.apply(problem, state)
         moves.append(move)
         current = other + total(problem, resource, state)
         bar.update()

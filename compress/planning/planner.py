@@ -89,12 +89,21 @@ def _check_options(batch: int, max_iters: int, decrement: float, tolerance: floa
                             f"{min_keep!r} / {min_keep_limit!r}")
 
 
-def _analysis(model: nn.Module, analysis: Any, calib: Iterable | None, calib_batches: int, verbose: bool) -> Any:
-    if analysis is not None or calib is None:
+def _analysis(model: nn.Module, analysis: Any, batches: list, verbose: bool) -> Any:
+    if analysis is not None or not batches:
         return analysis
     from ..analysis import analyze
 
-    return analyze(model, islice(calib, calib_batches), verbose=verbose)
+    return analyze(model, batches, verbose=verbose)
+
+
+def _drop_errors(model: nn.Module, batches: list, verbose: bool) -> dict[str, float] | None:
+    """Each droppable block's drop error on ``batches`` (``None`` without data: blocks are then not dropped)."""
+    if not batches:
+        return None
+    from ..transforms.drop_block import block_drop_errors
+
+    return block_drop_errors(model, batches, verbose=verbose)
 
 
 def plan(model: nn.Module, example_inputs: torch.Tensor, *, target: dict[str, float],
@@ -117,9 +126,11 @@ def plan(model: nn.Module, example_inputs: torch.Tensor, *, target: dict[str, fl
         device / batch / dtype / channels_last: where and how latency is measured and planned for.
         analysis: an :class:`~compress.analysis.Analysis` of ``model`` (channel statistics, dead channels,
             correlations) for accuracy costs.
-        calib: batches (``(images, labels)`` or images) to analyse the model with when ``analysis`` is ``None``;
-            with neither, costs come from weight magnitudes.
-        forms: allowed changes, a subset of ``prune``, ``grouped``, ``separable``, ``shuffle``, ``bottleneck``.
+        calib: batches (``(images, labels)`` or images) to analyse the model with when ``analysis`` is ``None``
+            (with neither, costs come from weight magnitudes) and to price dropping residual blocks (``drop``
+            needs them: without, no block is dropped).
+        forms: allowed changes, a subset of ``prune``, ``grouped``, ``separable``, ``shuffle``, ``bottleneck``
+            and ``drop`` (replace an identity-shortcut residual block by the identity).
         max_iters: plan-apply-measure rounds at most.
         align: channel alignment of pruned widths (default 8 on CPU, 32 for CUDA half precision, 16 CUDA fp32).
         min_keep: smallest fraction of a group's channels kept, to begin with.
@@ -130,7 +141,7 @@ def plan(model: nn.Module, example_inputs: torch.Tensor, *, target: dict[str, fl
         runs: timed rounds of the end-to-end comparison (at least 20).
         table_runs: timed calls per table entry at least (default 5 on CPU, 20 on CUDA).
         cache_dir: latency-table directory (default ``$COMPRESS_CACHE/latency``).
-        calib_batches: batches of ``calib`` analysed.
+        calib_batches: batches of ``calib`` used.
         fold_bn: measure latency in deploy form, BatchNorms folded into their convs, in the original and every
             candidate alike (and the table's convs with the bias the fold gives them).
         measure_latency: for MACs/params targets, also measure the final model's latency (for the verdict).
@@ -145,12 +156,14 @@ def plan(model: nn.Module, example_inputs: torch.Tensor, *, target: dict[str, fl
     device, dtype = resolve_device(device), as_dtype(dtype)
     align = align or default_align(str(device), dtype)
     x = example_inputs[:1]
-    analysis = _analysis(model, analysis, calib, calib_batches, verbose)
+    batches = list(islice(calib, calib_batches)) if calib is not None else []  # read once: used twice
+    analysis = _analysis(model, analysis, batches, verbose)
+    drop_errors = _drop_errors(model, batches, verbose) if "drop" in forms else None
     runner = Runner(model, x, device=device, batch=batch, dtype=dtype, channels_last=channels_last, runs=runs,
-                     fold_bn=fold_bn, verbose=verbose)
+                    fold_bn=fold_bn, verbose=verbose)
     setup = Setup(model, x, metric, forms=forms, align=align, max_widths=max_widths, analysis=analysis,
-                   device=device, batch=batch, dtype=dtype, channels_last=channels_last, cache_dir=cache_dir,
-                   table_runs=table_runs, fold_bn=fold_bn, verbose=verbose)
+                  device=device, batch=batch, dtype=dtype, channels_last=channels_last, cache_dir=cache_dir,
+                  table_runs=table_runs, fold_bn=fold_bn, drop_errors=drop_errors, verbose=verbose)
     space = setup.reaching(runner, value, min_keep, min_keep_limit)
     result = Plan(target={metric: value}, device=str(device), dtype=dtype_name(dtype), batch=batch,
                   channels_last=channels_last, align=align, tolerance=tolerance, notes=list(space.problem.notes))

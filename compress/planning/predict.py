@@ -23,17 +23,28 @@ __all__ = ["State", "Resource", "LatencyResource", "MacsResource", "ParamsResour
 
 @dataclass
 class State:
-    """Group widths (by group index) and chosen rewrites (by conv name)."""
+    """Group widths (by group index), chosen rewrites (by conv name) and dropped blocks (by block name)."""
 
     widths: list[int]
     forms: dict[str, Form] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)
 
     @classmethod
     def initial(cls, problem: Problem) -> "State":
         return cls([g.width for g in problem.groups])
 
     def copy(self) -> "State":
-        return State(list(self.widths), dict(self.forms))
+        return State(list(self.widths), dict(self.forms), set(self.dropped))
+
+    def drop(self, problem: Problem, block: str) -> None:
+        """Drop ``block``: its convs stop counting and lose any rewrite chosen for them."""
+        self.dropped.add(block)
+        for name in problem.blocks[block].convs:
+            self.forms.pop(name, None)
+
+    def runs(self, site: Site) -> bool:
+        """Whether ``site`` still runs (its block, if any, is not dropped)."""
+        return site.block is None or site.block not in self.dropped
 
 
 class Resource(Protocol):
@@ -53,11 +64,19 @@ def site_widths(site: Site, state: State) -> tuple[int, int]:
 
 
 def total(problem: Problem, resource: Resource, state: State, names: list[str] | None = None) -> float:
-    """Sum of the resource over ``names`` (default: every site) in ``state``."""
+    """Sum of the resource over ``names`` (default: every site) in ``state``.
+
+    Sites in dropped blocks count nothing; over every site (``names=None``) the dropped blocks' overheads (what
+    they cost beyond their convs, :class:`~compress.planning.blocks.BlockSite`) are subtracted as well, since
+    the unplanned part of the prediction holds them.
+    """
     out = 0.0
     for name in problem.sites if names is None else names:
         site = problem.sites[name]
-        out += resource.conv(site, *site_widths(site, state), state.forms.get(name))
+        if state.runs(site):
+            out += resource.conv(site, *site_widths(site, state), state.forms.get(name))
+    if names is None:
+        out -= sum(problem.blocks[b].overhead.get(resource.unit, 0.0) for b in state.dropped)
     return out
 
 

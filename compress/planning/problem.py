@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .blocks import BlockSite, find_blocks
 from .candidates import Form, aligned_widths, rewrite_forms
 from .costs import removal_order, rewrite_cost
 from .groups import ChannelGroup, find_groups
@@ -32,6 +33,7 @@ class Site:
         out_group / in_group: index of the group holding its output / input channels (``None``: fixed).
             A depthwise conv has both set to the same group.
         forms: rewrites it may take; ``form_costs``: their cost by :attr:`Form.key` (see :meth:`Problem.price`).
+        block: the droppable residual block it lies in (``None``: none).
     """
 
     name: str
@@ -40,6 +42,7 @@ class Site:
     in_group: int | None = None
     forms: list[Form] = field(default_factory=list)
     form_costs: dict[str, float] = field(default_factory=dict)
+    block: str | None = None
 
 
 @dataclass
@@ -72,11 +75,12 @@ class GroupSite:
 
 @dataclass
 class Problem:
-    """Sites (convs) and prunable groups of a model, plus notes on what was left alone and why."""
+    """Sites (convs), prunable groups and droppable blocks of a model, plus notes on what was left alone and why."""
 
     sites: dict[str, Site]
     groups: list[GroupSite]
     notes: list[str] = field(default_factory=list)
+    blocks: dict[str, BlockSite] = field(default_factory=dict)
 
     def group_sites(self, gid: int) -> list[str]:
         """Sites whose channels change with group ``gid``."""
@@ -117,7 +121,7 @@ def _group_site(group: ChannelGroup, analysis: Any, dead: Any, *, align: int, mi
 
 def build_problem(model: nn.Module, example_inputs: torch.Tensor, *, kinds: tuple[str, ...], align: int,
                   min_keep: float = 0.25, max_widths: int = 8, analysis: Any = None,
-                  verbose: bool = False) -> Problem:
+                  drop_errors: dict[str, float] | None = None, verbose: bool = False) -> Problem:
     """Trace ``model`` and collect everything the planner may change (rewrites are priced by :meth:`Problem.price`).
 
     Args:
@@ -126,6 +130,8 @@ def build_problem(model: nn.Module, example_inputs: torch.Tensor, *, kinds: tupl
         kinds: allowed forms (``"prune"`` and/or rewrite kinds).
         align / min_keep / max_widths: candidate widths (see :func:`~compress.planning.candidates.aligned_widths`).
         analysis: an :class:`~compress.analysis.Analysis` of the model for channel costs, or ``None``.
+        drop_errors: with ``"drop"`` in ``kinds``, each droppable block's measured drop error
+            (:func:`compress.transforms.drop_block.block_drop_errors`); blocks are dropped only with it.
         verbose: progress bar over groups.
     """
     shapes = capture_shapes(model, example_inputs)
@@ -151,4 +157,13 @@ def build_problem(model: nn.Module, example_inputs: torch.Tensor, *, kinds: tupl
     for name, shape in shapes.items():
         if type(modules[name]) is nn.Conv2d and shape.calls == 1 and rewrite_forms(shape, kinds):
             sites.setdefault(name, Site(name, shape)).forms = rewrite_forms(shape, kinds)
-    return Problem(sites, groups, notes)
+    blocks: dict[str, BlockSite] = {}
+    if "drop" in kinds and drop_errors is None:
+        notes.append("drop: no calibration data to price dropping a block; no block is dropped")
+    elif "drop" in kinds:
+        blocks, dropped_notes = find_blocks(model, example_inputs, shapes, drop_errors)
+        notes += dropped_notes
+        for block in blocks.values():
+            for name in block.convs:  # every conv of a block is a site, so a drop saves its measured time
+                sites.setdefault(name, Site(name, shapes[name])).block = block.name
+    return Problem(sites, groups, notes, blocks)

@@ -12,10 +12,14 @@ class LayerChoice:
     """One change the plan makes.
 
     Attributes:
-        layer: for ``form == "prune"`` the group's root module (torch-pruning root); else the rewritten conv.
-        form: ``"prune"`` or a rewrite kind (``"grouped"``, ``"separable"``, ``"shuffle"``, ``"bottleneck"``).
-        width_from / width_to: channel count of the group before/after (rewrites: the conv's output width).
-        members: convs whose channels change with the group (producers, depthwise, consumers).
+        layer: for ``form == "prune"`` the group's root module (torch-pruning root); for ``"drop"`` the residual
+            block replaced by the identity; else the rewritten conv.
+        form: ``"prune"``, ``"drop"`` or a rewrite kind (``"grouped"``, ``"separable"``, ``"shuffle"``,
+            ``"bottleneck"``).
+        width_from / width_to: channel count of the group before/after (rewrites: the conv's output width;
+            drops: the block's input channels before pruning, both).
+        members: convs whose channels change with the group (producers, depthwise, consumers); a dropped
+            block's convs.
         removed: root-numbered channels removed (pruning only), ascending.
         params: the rewrite's keyword options for :func:`compress.transforms.rewrite.rewrite`.
         predicted_saved: predicted saving in :attr:`unit` credited to this change during the search.
@@ -107,6 +111,7 @@ class Plan:
         lines = [self.verdict]
         for c in self.choices:
             what = (f"{c.width_from}->{c.width_to} ch" if c.form == "prune"
+                    else f"{len(c.members)} convs" if c.form == "drop"
                     else ", ".join(f"{k}={v}" for k, v in c.params.items()))
             lines.append(f"  {c.form:<10} {c.layer:<32} {what:<16} saves {c.predicted_saved:.4g} {c.unit} "
                          f"(predicted), cost {c.cost:.4f}")

@@ -26,17 +26,22 @@ __all__ = ["Round", "search", "layer_choices", "aim", "next_goal", "bracketed", 
 
 
 def layer_choices(problem: Problem, state: State, moves: list[Move], unit: str) -> list[LayerChoice]:
-    """Pruning choices (group order) then rewrites (module order), with the savings credited in the search."""
+    """Pruning choices (group order), dropped blocks, then rewrites (module order), with the savings credited in
+    the search. A group whose convs all lie in dropped blocks is not pruned (its channels go with the blocks)."""
     saved: dict[Any, float] = {}
     for m in moves:
-        key = ("group", m.group) if m.group is not None else ("site", m.site)
+        key = ("group", m.group) if m.group is not None else ("block", m.block) if m.block else ("site", m.site)
         saved[key] = saved.get(key, 0.0) + m.saving
     out = []
     for gid, g in enumerate(problem.groups):
         w = state.widths[gid]
-        if w < g.width:
+        if w < g.width and any(state.runs(problem.sites[n]) for n in problem.group_sites(gid)):
             out.append(LayerChoice(g.group.root, "prune", g.width, w, g.group.convs, g.removed(w), {},
                                    saved[("group", gid)], unit, g.cost_to(w)))
+    for name in sorted(state.dropped, key=list(problem.blocks).index):
+        block = problem.blocks[name]
+        out.append(LayerChoice(name, "drop", block.in_shape[0], block.in_shape[0], block.convs, [], {},
+                               saved[("block", name)], unit, block.cost))
     for name, site in problem.sites.items():
         form = state.forms.get(name)
         if form is not None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .blocks import block_whole, overhead
 from .greedy import greedy
 from .predict import LatencyResource, MacsResource, ParamsResource, Resource, State, site_widths, total
 from .problem import Problem, build_problem
@@ -36,9 +37,13 @@ class Setup:
     def __init__(self, model: nn.Module, x: torch.Tensor, metric: str, *, forms: tuple[str, ...], align: int,
                  max_widths: int, analysis: Any, device: torch.device, batch: int, dtype: torch.dtype,
                  channels_last: bool, cache_dir: str | None, table_runs: int | None, fold_bn: bool,
-                 verbose: bool) -> None:
+                 drop_errors: dict[str, float] | None = None, verbose: bool) -> None:
         self.model, self.x, self.metric, self.verbose = model, x, metric, verbose
-        self.problem_options = dict(kinds=forms, align=align, max_widths=max_widths, analysis=analysis)
+        self.problem_options = dict(kinds=forms, align=align, max_widths=max_widths, analysis=analysis,
+                                    drop_errors=drop_errors)
+        self.block_options = dict(device=device, batch=batch, dtype=dtype, channels_last=channels_last,
+                                  fold_bn=fold_bn)
+        self.block_whole: dict[str, float] | None = None
         self.table_options = dict(device=device, batch=batch, dtype=dtype, channels_last=channels_last,
                                   cache_dir=cache_dir, runs=table_runs, verbose=verbose)
         self.biased = folded_convs(model, x) if fold_bn and metric == "latency" else set()
@@ -69,8 +74,23 @@ class Setup:
             table = build_table(problem.requests(), **self.table_options)
             self.tables.append(table)
             resource = LatencyResource(table)
+        self._block_overheads(problem, resource)
         other, base = calibrate(problem, resource, runner, self.model, self.metric, self, self.verbose)
         return problem, resource, other, base
+
+    def _block_overheads(self, problem: Problem, resource: Resource) -> None:
+        """Set each droppable block's overhead: its whole cost at full width beyond its convs' entries."""
+        if not problem.blocks:
+            return
+        if self.block_whole is None:  # full-width blocks: the same at every min_keep
+            self.block_whole = block_whole(self.model, problem.blocks, resource.unit, **self.block_options)
+            self.notes.append("droppable blocks (drop cost, whole " + resource.unit + "): " + ", ".join(
+                f"{n} ({b.cost:.3g}, {self.block_whole[n]:.4g})" for n, b in problem.blocks.items()))
+        full = State.initial(problem)
+        for name, block in problem.blocks.items():
+            convs = sum(resource.conv(problem.sites[n], *site_widths(problem.sites[n], full), None)
+                        for n in block.convs)
+            block.overhead[resource.unit] = overhead(self.block_whole[name], convs)
 
     def reaching(self, runner: Runner, value: float, min_keep: float, limit: float) -> Space:
         """The problem at the largest ``min_keep`` (halved from ``min_keep`` down to ``limit``) whose deepest plan
@@ -121,7 +141,7 @@ class Space:
 
 
 def calibrate(problem: Problem, resource: Resource, runner: Runner, model: nn.Module, metric: str,
-               setup: Setup, verbose: bool) -> tuple[float, float]:
+              setup: Setup, verbose: bool) -> tuple[float, float]:
     """Price the rewrites worth pricing; return ``(other, base)``: the unplanned part and the sites' total."""
     full = State.initial(problem)
     # a rewrite slower than its dense conv (measured) or without savings is dropped before it is priced

@@ -2,7 +2,7 @@
 
 ::
 
-    - plan: {target: {latency: 0.5}, device: cpu, batch: 64, forms: [prune, separable, grouped]}
+    - plan: {target: {latency: 0.5}, device: cpu, batch: 64, forms: [prune, separable, grouped, drop]}
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ class PlanStep(Config):
         batch / dtype / channels_last: the inference setting planned for.
         forms: allowed changes (``prune`` and rewrite kinds).
         cache_dir: latency-table directory (default ``$COMPRESS_CACHE/latency``).
-        calib_batches: calibration batches analysed when no ``analyze`` step ran before.
+        calib_batches: calibration batches analysed when no ``analyze`` step ran before, and used to price
+            dropping residual blocks (form ``drop``).
         max_iters: plan-apply-measure rounds at most.
         align: channel alignment of pruned widths (default by device and dtype).
         fold_bn: plan for and measure the deploy form, BatchNorms folded into their convs, in the original and
@@ -77,6 +78,7 @@ def plan_step(ctx: Any, cfg: PlanStep) -> dict[str, Any]:
     if ctx.is_main:  # one process measures; ranks timing at once would slow each other down
         result = plan(ctx.model, ctx.example_inputs, target=dict(cfg.target), device=cfg.device, batch=cfg.batch,
                       dtype=cfg.dtype, channels_last=cfg.channels_last, analysis=analysis, forms=cfg.forms,
+                      calib=ctx.data.calib if "drop" in cfg.forms else None, calib_batches=cfg.calib_batches,
                       max_iters=cfg.max_iters, align=cfg.align, cache_dir=cfg.cache_dir, fold_bn=cfg.fold_bn,
                       verbose=verbose)
     result = D.broadcast_object(result)  # every rank applies the same plan

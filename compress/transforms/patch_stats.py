@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.batches import batch_inputs
 from ..modes import restore_training
 
 __all__ = ["PatchMoments", "capture_patch_moments"]
@@ -89,7 +90,7 @@ def capture_patch_moments(model: nn.Module, convs: dict[str, nn.Conv2d], calib: 
         with restore_training(model), torch.no_grad():
             model.eval()
             for batch in tqdm(islice(batches, max_batches), desc="patch moments", leave=False, disable=not verbose):
-                model(batch if isinstance(batch, torch.Tensor) else batch[0])
+                model(batch_inputs(batch, what="patch moments"))
     finally:
         for h in handles:
             h.remove()

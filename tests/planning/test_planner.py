@@ -15,7 +15,6 @@ from compress.planning import runner as runner_mod
 from compress.planning import search as search_mod
 
 
-
 def check_verdict(p) -> None:
     """The verdict states exactly the measured numbers of the plan's latency row."""
     row = p.latency
