@@ -33,8 +33,11 @@ from compress.planning.uniform import uniform_prune  # noqa: E402
 
 MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
 # Rewrites are tried on ResNet-18's dense 3x3 convs; the mobile nets are already depthwise-separable and their
-# 1x1 convs would each need seconds of grouped-rewrite pricing, so they are planned by pruning alone.
-FORMS = {"resnet18": ("prune", "separable", "grouped")}
+# 1x1 convs would each need seconds of grouped-rewrite pricing, so they are planned by pruning alone. Every model
+# may also drop identity-shortcut blocks: with random weights and random calibration images their drop costs
+# say nothing about accuracy (this benchmark measures latency only), but what dropping saves is measured.
+FORMS = {"resnet18": ("prune", "separable", "grouped", "drop")}
+DEFAULT_FORMS = ("prune", "drop")
 
 
 def run_model(name: str, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
@@ -43,12 +46,13 @@ def run_model(name: str, args: argparse.Namespace) -> tuple[list[dict], list[str
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(1, 3, args.res, args.res)
+    calib = [torch.randn(8, 3, args.res, args.res) for _ in range(2)]  # stand-in data: latency only
     began = time.perf_counter()
     p = plan(model, x, target={"latency": args.target}, device=args.device, batch=args.batch, dtype=args.dtype,
-             channels_last=True, forms=FORMS.get(name, ("prune",)), max_iters=args.max_iters,
+             channels_last=True, forms=FORMS.get(name, DEFAULT_FORMS), calib=calib, max_iters=args.max_iters,
              max_widths=args.max_widths, min_keep=0.5, table_runs=args.table_runs, runs=args.runs,
              cache_dir=args.cache_dir, verbose=False)
-    planned = apply_plan(copy.deepcopy(model), p, x)
+    planned = apply_plan(copy.deepcopy(model), p, x, calib=calib)
     uniform = uniform_prune(model, x, ratio=0.5, round_to=p.align)
     rows = compare_variants({"original": model, "planned": planned, "uniform tp 50%": uniform}, x,
                             device=args.device, batch=args.batch, dtype=args.dtype, channels_last=True,

@@ -184,20 +184,42 @@ CASES: dict[str, tuple[str, Callable, int]] = {
     "resnet18:1": ("resnet18 224px", resnet18_case, 1), "resnet18:64": ("resnet18 224px", resnet18_case, 64)}
 
 
+def uniform_at_latency(model: nn.Module, x: torch.Tensor, *, latency_ratio: float, round_to: int, batch: int,
+                       args: argparse.Namespace, steps: int = 12, max_ratio: float = 0.9) -> tuple[nn.Module, float]:
+    """torch-pruning's uniform model at (about) a given latency: ratios ``max_ratio * k / steps`` are timed
+    against the original in one interleaved run, and the least pruned one measured at most ``latency_ratio``
+    of the original's time is returned (else the fastest). Returns ``(model, ratio)``."""
+    from compress.planning.uniform import uniform_prune
+
+    ratios = [max_ratio * k / steps for k in range(1, steps + 1)]
+    variants = {"original": model} | {f"{r:.3f}": uniform_prune(model, x, ratio=r, round_to=round_to)
+                                      for r in ratios}
+    rows = compare_variants(variants, x, device="cpu", batch=batch, dtype=torch.float32, channels_last=False,
+                            runs=args.runs, fold_bn=args.fold_bn)[1:]
+    fast = [r for r in rows if r["latency_ratio"] <= latency_ratio]
+    chosen = min(fast, key=lambda r: float(r["variant"])) if fast else min(rows, key=lambda r: r["latency_ratio"])
+    return variants[chosen["variant"]], float(chosen["variant"])
+
+
 def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
-    """Plan, apply, prune uniformly to the same MACs, compare all three; return table rows and plan notes."""
+    """Plan, apply, prune uniformly to the same MACs (and, with accuracy, to the same latency), compare them all;
+    return table rows and plan notes."""
     model, x, test, calib, bn_batches, train = build()
     began = time.perf_counter()
     p = plan(model, x, target={"latency": args.target}, device="cpu", batch=batch, forms=tuple(args.forms),
              calib=calib, max_iters=args.max_iters, max_widths=args.max_widths, min_keep=args.min_keep,
              min_keep_limit=args.min_keep_limit, tolerance=args.tolerance, table_runs=args.table_runs, runs=args.runs,
              cache_dir=args.cache_dir, fold_bn=args.fold_bn, verbose=args.verbose)
-    planned = apply_plan(copy.deepcopy(model), p, x)
+    planned = apply_plan(copy.deepcopy(model), p, x, calib=list(itertools.islice(calib, 4)) if calib else None)
     uniform, ratio = uniform_at_macs(model, x, macs=cost(planned, x).macs, round_to=p.align)
-    rows = compare_variants({"original": model, "planned": planned, f"uniform tp (ratio {ratio:.2f})": uniform}, x,
-                            device="cpu", batch=batch, dtype=torch.float32, channels_last=False, runs=args.runs,
-                            fold_bn=args.fold_bn)
-    for row, m in zip(rows, (model, planned, uniform)):
+    variants = {"original": model, "planned": planned, f"uniform tp (ratio {ratio:.2f})": uniform}
+    if test is not None:  # accuracy is known: also the uniform model as fast as the plan, to compare accuracy at it
+        fast, fast_ratio = uniform_at_latency(model, x, latency_ratio=p.measured_ratio, round_to=p.align, batch=batch,
+                                              args=args)
+        variants[f"uniform tp at planned latency (ratio {fast_ratio:.2f})"] = fast
+    rows = compare_variants(variants, x, device="cpu", batch=batch, dtype=torch.float32, channels_last=False,
+                            runs=args.runs, fold_bn=args.fold_bn)
+    for row, m in zip(rows, variants.values()):
         row.update(model=name, batch=batch, top1=_top1(m, test, bn_batches),
                    top1_finetuned=_finetuned_top1(m, model, train, test, bn_batches, args) if m is not model
                    else None)
@@ -269,7 +291,10 @@ def explain(fold_bn: bool) -> str:
             "same MACs; the latency comparison is 'at the same accuracy' as far as their top1_finetuned agree. "
             "The uniform model is torch-pruning's MagnitudePruner (L2, same ratio in every group, widths rounded "
             "to the plan's alignment) at the ratio whose MACs come closest to the planned MACs from below (or the "
-            "fewest MACs it reaches, when it cannot get that low). Timings on a shared machine are noisy: read the "
+            "fewest MACs it reaches, when it cannot get that low); 'uniform tp at planned latency' (only where "
+            "accuracy is measured) is the least pruned of the ratios 0.075..0.9 measured at most as slow as the "
+            "planned model in a separate interleaved run (else the fastest of them), i.e. the uniform answer to "
+            "the same latency target. Timings on a shared machine are noisy: read the "
             "IQRs and the load averages.")
 
 

@@ -35,7 +35,7 @@ def _prune(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.T
         group.prune()
 
 
-def _rewrite(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.Tensor,
+def _rewrite(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.Tensor, calib: list | None,
              verbose: bool) -> list[str]:
     from ..transforms.rewrite import rewrite
 
@@ -44,7 +44,7 @@ def _rewrite(model: nn.Module, choices: list[LayerChoice], example_inputs: torch
         batches[(c.form, tuple(sorted(c.params.items())))].append(c.layer)
     notes = []
     for (kind, params), layers in batches.items():
-        records = rewrite(model, kind, layers=layers, example_inputs=example_inputs, min_channels=1,
+        records = rewrite(model, kind, layers=layers, example_inputs=example_inputs, calib=calib, min_channels=1,
                           verbose=verbose, **dict(params))
         for r in records:
             if r.skipped:
@@ -56,8 +56,10 @@ def _rewrite(model: nn.Module, choices: list[LayerChoice], example_inputs: torch
 
 
 def apply_choices(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.Tensor, *,
-                  verbose: bool = False) -> list[str]:
-    """Apply ``choices`` to ``model`` in place; return notes (e.g. channel permutes that could not be folded)."""
+                  calib: list | None = None, verbose: bool = False) -> list[str]:
+    """Apply ``choices`` to ``model`` in place; return notes (e.g. channel permutes that could not be folded).
+
+    ``calib`` (calibration batches) makes separable rewrites data-aware, as in the ``rewrite`` step."""
     x = example_inputs[:1]
     prunes = [c for c in choices if c.form == "prune"]
     if prunes:
@@ -67,20 +69,23 @@ def apply_choices(model: nn.Module, choices: list[LayerChoice], example_inputs: 
         from ..transforms.drop_block import drop_blocks
 
         drop_blocks(model, drops)
-    return _rewrite(model, [c for c in choices if c.form not in ("prune", "drop")], x, verbose)
+    return _rewrite(model, [c for c in choices if c.form not in ("prune", "drop")], x, calib, verbose)
 
 
-def apply_plan(model: nn.Module, plan: Plan, example_inputs: torch.Tensor, *, verbose: bool = False) -> nn.Module:
-    """Prune and rewrite ``model`` in place as ``plan`` says, and return it.
+def apply_plan(model: nn.Module, plan: Plan, example_inputs: torch.Tensor, *, calib: list | None = None,
+               verbose: bool = False) -> nn.Module:
+    """Prune, drop blocks and rewrite ``model`` in place as ``plan`` says, and return it.
 
     Args:
         model: the model the plan was made for (same architecture and widths).
         plan: from :func:`compress.planning.plan`.
         example_inputs: ``(1, C, H, W)`` on the model's device, for tracing.
+        calib: calibration batches (a list: read once per rewrite kind) that make separable rewrites data-aware;
+            pass the ones the plan was made with, so the model is the one the planner measured and priced.
         verbose: progress bars of the rewrites.
 
     Raises:
         CompressError: the model does not match the plan (a layer is missing or has other widths).
     """
-    apply_choices(model, plan.choices, example_inputs, verbose=verbose)
+    apply_choices(model, plan.choices, example_inputs, calib=calib, verbose=verbose)
     return model

@@ -13,7 +13,9 @@ Channels leave greedily, cheapest first, re-evaluating redundancy against the ch
 analysis the cost is torch-pruning's group L2 magnitude importance, squared and normalised.
 
 Rewrites lose the fraction ``||W' - W||**2 / ||W||**2`` (squared relative weight-reconstruction error) of the
-layer's (white-input) output energy.
+layer's (white-input) output energy; a separable rewrite priced with its conv's input patch moments (measured
+on calibration data) loses its relative expected output error instead, the error the data-aware rewrite
+minimises.
 
 A layer that loses the fraction ``e`` of its output energy is charged ``e / (1 - e)``, the lost-to-kept energy
 ratio (a noise-to-signal ratio): about ``e`` for small losses, unbounded as a layer is gutted, so the search
@@ -116,18 +118,26 @@ def _grouped_error2(conv: nn.Conv2d, groups: int) -> float:
     return max(0.0, 1.0 - float(kept))
 
 
-def rewrite_cost(conv: nn.Conv2d, form: Form) -> float:
-    """:func:`loss_ratio` of the squared relative weight error of rewriting ``conv`` (real weights) into ``form``."""
-    return loss_ratio(_error2(conv, form))
+def rewrite_cost(conv: nn.Conv2d, form: Form, *, moments: torch.Tensor | None = None) -> float:
+    """:func:`loss_ratio` of the squared relative error of rewriting ``conv`` (real weights) into ``form``.
+
+    Args:
+        conv: the dense conv.
+        form: the rewrite.
+        moments: ``(M, kh*kw, kh*kw)`` input patch moments of ``conv``
+            (:func:`compress.transforms.patch_stats.capture_patch_moments`): a separable form is then priced by
+            its expected output error on that data; other forms ignore them.
+    """
+    return loss_ratio(_error2(conv, form, moments))
 
 
-def _error2(conv: nn.Conv2d, form: Form) -> float:
+def _error2(conv: nn.Conv2d, form: Form, moments: torch.Tensor | None) -> float:
     if form.kind == "grouped":
         return _grouped_error2(conv, form.value)
     if form.kind == "separable":
         from ..transforms.separable import separable_errors
 
-        return float(separable_errors(conv)[form.value]) ** 2
+        return float(separable_errors(conv, moments=moments)[form.value]) ** 2
     if form.kind == "bottleneck":
         from ..transforms.bottleneck import bottleneck_errors
 

@@ -1,11 +1,13 @@
-"""``plan``: choose per-layer widths and rewrites that meet a latency / MACs / parameter target on a device.
+"""``plan``: choose per-layer widths, rewrites and dropped blocks that meet a latency / MACs / parameter target
+on a device.
 
 Users ask for "2x faster on my device", not "50% fewer MACs", and fewer MACs is not less time: a depthwise or
 shuffled layer can lose to the dense conv it replaces on a GPU, and a width off the kernel's tile size can be
 slower than a wider one. So the plan is made against measured latency (NetAdapt, Yang et al. 2018; HALP,
 Shen et al. 2022):
 
-1. trace the model (shapes, torch-pruning channel groups), price each candidate's accuracy cost
+1. trace the model (shapes, torch-pruning channel groups, identity-shortcut residual blocks that could be
+   dropped whole: :mod:`~compress.planning.blocks`), price each candidate's accuracy cost
    (:mod:`~compress.planning.costs`) and, for a latency target, measure every candidate's time on the device
    (:mod:`~compress.planning.table`, cached) and the original's end-to-end time: what the convs' table times do
    not add up to (activations, adds, pooling, per-op dispatch: at batch 1 a large share) is taken as a fixed
@@ -127,8 +129,9 @@ def plan(model: nn.Module, example_inputs: torch.Tensor, *, target: dict[str, fl
         analysis: an :class:`~compress.analysis.Analysis` of ``model`` (channel statistics, dead channels,
             correlations) for accuracy costs.
         calib: batches (``(images, labels)`` or images) to analyse the model with when ``analysis`` is ``None``
-            (with neither, costs come from weight magnitudes) and to price dropping residual blocks (``drop``
-            needs them: without, no block is dropped).
+            (with neither, costs come from weight magnitudes), to price dropping residual blocks (``drop``
+            needs them: without, no block is dropped) and to price and build separable rewrites data-aware
+            (pass the same batches to :func:`~compress.planning.apply.apply_plan`).
         forms: allowed changes, a subset of ``prune``, ``grouped``, ``separable``, ``shuffle``, ``bottleneck``
             and ``drop`` (replace an identity-shortcut residual block by the identity).
         max_iters: plan-apply-measure rounds at most.
@@ -160,7 +163,7 @@ def plan(model: nn.Module, example_inputs: torch.Tensor, *, target: dict[str, fl
     analysis = _analysis(model, analysis, batches, verbose)
     drop_errors = _drop_errors(model, batches, verbose) if "drop" in forms else None
     runner = Runner(model, x, device=device, batch=batch, dtype=dtype, channels_last=channels_last, runs=runs,
-                    fold_bn=fold_bn, verbose=verbose)
+                    fold_bn=fold_bn, calib=batches or None, verbose=verbose)
     setup = Setup(model, x, metric, forms=forms, align=align, max_widths=max_widths, analysis=analysis,
                   device=device, batch=batch, dtype=dtype, channels_last=channels_last, cache_dir=cache_dir,
                   table_runs=table_runs, fold_bn=fold_bn, drop_errors=drop_errors, verbose=verbose)

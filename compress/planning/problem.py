@@ -86,19 +86,25 @@ class Problem:
         """Sites whose channels change with group ``gid``."""
         return [n for n, s in self.sites.items() if gid in (s.out_group, s.in_group)]
 
-    def price(self, model: nn.Module, saves: Callable[[Site, Form], bool], *, verbose: bool = False) -> None:
+    def price(self, model: nn.Module, saves: Callable[[Site, Form], bool], *, calib: list | None = None,
+              verbose: bool = False) -> None:
         """Keep only the rewrites that ``saves`` at full width and price those (pricing can take seconds a conv).
 
         Args:
             model: the model the problem was built from (real weights).
             saves: ``(site, form) -> bool``, e.g. "the table says the form is faster than the dense conv".
+            calib: calibration batches: separable forms are then priced by their expected output error on the
+                convs' measured input patch moments (as the data-aware rewrite builds them), else by weight error.
             verbose: progress bar.
         """
         modules = dict(model.named_modules())
         todo = [s for s in self.sites.values() if s.forms]
-        for site in tqdm(todo, desc="rewrite costs", leave=False, disable=not verbose):
+        for site in todo:
             site.forms = [f for f in site.forms if saves(site, f)]
-            site.form_costs = {f.key: rewrite_cost(modules[site.name], f) for f in site.forms}
+        moments = _separable_moments(model, modules, todo, calib, verbose)
+        for site in tqdm(todo, desc="rewrite costs", leave=False, disable=not verbose):
+            site.form_costs = {f.key: rewrite_cost(modules[site.name], f, moments=moments.get(site.name))
+                               for f in site.forms}
 
     def requests(self) -> dict[str, TableRequest]:
         """Latency-table requests covering every width and form the planner may pick."""
@@ -108,6 +114,17 @@ class Problem:
             in_widths = () if s.shape.depthwise else widths(s.in_group)
             out[name] = TableRequest(s.shape, widths(s.out_group), in_widths, tuple(s.forms))
         return out
+
+
+def _separable_moments(model: nn.Module, modules: dict[str, nn.Module], sites: list[Site], calib: list | None,
+                       verbose: bool) -> dict[str, torch.Tensor]:
+    """Input patch moments of the convs that may become separable (none without ``calib``)."""
+    convs = {s.name: modules[s.name] for s in sites if any(f.kind == "separable" for f in s.forms)}
+    if not calib or not convs:
+        return {}
+    from ..transforms.patch_stats import capture_patch_moments
+
+    return capture_patch_moments(model, convs, calib, verbose=verbose)
 
 
 def _group_site(group: ChannelGroup, analysis: Any, dead: Any, *, align: int, min_keep: float,

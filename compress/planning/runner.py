@@ -18,8 +18,9 @@ class Runner:
     """Applies choices to a copy of the model and measures it against the original."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, *, device: torch.device, batch: int,
-                 dtype: torch.dtype, channels_last: bool, runs: int, fold_bn: bool, verbose: bool) -> None:
-        self.model, self.x, self.batch = model, x, batch
+                 dtype: torch.dtype, channels_last: bool, runs: int, fold_bn: bool, calib: list | None = None,
+                 verbose: bool) -> None:
+        self.model, self.x, self.batch, self.calib = model, x, batch, calib
         self.settings = dict(device=device, batch_sizes=(batch,), dtype=dtype, channels_last=channels_last,
                              runs=runs, fold_bn=fold_bn, verbose=verbose)
         self.base = cost(model, x)
@@ -31,7 +32,7 @@ class Runner:
 
     def build(self, choices: list[LayerChoice]) -> tuple[nn.Module, list[str]]:
         candidate = copy.deepcopy(self.model)
-        notes = apply_choices(candidate, choices, self.x)
+        notes = apply_choices(candidate, choices, self.x, calib=self.calib)
         return candidate, notes
 
     def measure(self, candidate: nn.Module, *, latency: bool) -> dict[str, Any]:

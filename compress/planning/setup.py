@@ -136,8 +136,11 @@ class Space:
         """Predicted ratios of the deepest plan the greedy search finds (target 0): ``(with the unplanned time
         fixed, with it shrinking in proportion to the convs)``."""
         state, _ = greedy(self.problem, self.resource, other=self.other, target=0.0, decrement=0.05 * self.start)
-        convs = total(self.problem, self.resource, state) / self.base
-        return (self.other + convs * self.base) / self.start, convs
+        planned = total(self.problem, self.resource, state)  # convs left, less the overheads of dropped blocks
+        dropped = sum(self.problem.blocks[b].overhead.get(self.resource.unit, 0.0) for b in state.dropped)
+        convs = (planned + dropped) / self.base  # the convs' share alone
+        # the scaled reading: what is left of the unplanned part (dropped blocks' overheads gone) shrinks too
+        return (self.other + planned) / self.start, (convs * (self.other - dropped) + planned + dropped) / self.start
 
 
 def calibrate(problem: Problem, resource: Resource, runner: Runner, model: nn.Module, metric: str,
@@ -146,7 +149,7 @@ def calibrate(problem: Problem, resource: Resource, runner: Runner, model: nn.Mo
     full = State.initial(problem)
     # a rewrite slower than its dense conv (measured) or without savings is dropped before it is priced
     problem.price(model, lambda site, form: resource.conv(site, *site_widths(site, full), form)
-                  < resource.conv(site, *site_widths(site, full), None), verbose=verbose)
+                  < resource.conv(site, *site_widths(site, full), None), calib=runner.calib, verbose=verbose)
     base = total(problem, resource, full)
     if metric == "latency":
         # what the convs' table times leave of the original's measured time (activations, adds, pooling, the

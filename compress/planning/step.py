@@ -30,7 +30,7 @@ class PlanStep(Config):
         forms: allowed changes (``prune`` and rewrite kinds).
         cache_dir: latency-table directory (default ``$COMPRESS_CACHE/latency``).
         calib_batches: calibration batches analysed when no ``analyze`` step ran before, and used to price
-            dropping residual blocks (form ``drop``).
+            dropping residual blocks (form ``drop``) and to price and build separable rewrites data-aware.
         max_iters: plan-apply-measure rounds at most.
         align: channel alignment of pruned widths (default by device and dtype).
         fold_bn: plan for and measure the deploy form, BatchNorms folded into their convs, in the original and
@@ -72,16 +72,17 @@ def plan_step(ctx: Any, cfg: PlanStep) -> dict[str, Any]:
     ctx.model = D.unwrap(ctx.model)
     verbose = bool(ctx.state.get("verbose", True)) and ctx.is_main
     analysis = ctx.analysis
+    batches = list(islice(ctx.data.calib, cfg.calib_batches))  # the same (unshuffled) batches on every rank
     if analysis is None:  # on every rank: analyze all-reduces its statistics
-        analysis = analyze(ctx.model, islice(ctx.data.calib, cfg.calib_batches), verbose=verbose)
+        analysis = analyze(ctx.model, batches, verbose=verbose)
     result = None
     if ctx.is_main:  # one process measures; ranks timing at once would slow each other down
         result = plan(ctx.model, ctx.example_inputs, target=dict(cfg.target), device=cfg.device, batch=cfg.batch,
                       dtype=cfg.dtype, channels_last=cfg.channels_last, analysis=analysis, forms=cfg.forms,
-                      calib=ctx.data.calib if "drop" in cfg.forms else None, calib_batches=cfg.calib_batches,
+                      calib=batches, calib_batches=len(batches),
                       max_iters=cfg.max_iters, align=cfg.align, cache_dir=cfg.cache_dir, fold_bn=cfg.fold_bn,
                       verbose=verbose)
     result = D.broadcast_object(result)  # every rank applies the same plan
-    apply_plan(ctx.model, result, ctx.example_inputs)
+    apply_plan(ctx.model, result, ctx.example_inputs, calib=batches)
     ctx.analysis = None  # channel indices changed: the old analysis no longer describes the model
     return {**result.as_dict(), "summary": result.summary_lines()}
