@@ -38,6 +38,7 @@ MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
 # say nothing about accuracy (this benchmark measures latency only), but what dropping saves is measured.
 FORMS = {"resnet18": ("prune", "separable", "grouped", "drop")}
 DEFAULT_FORMS = ("prune", "drop")
+LATENCY_COLUMNS = tuple(c for c in COLUMNS if not c.startswith("top1"))  # random weights: no accuracy
 
 
 def run_model(name: str, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         model_rows, model_notes = run_model(name, args)
         rows += model_rows
         notes += model_notes
-        print(markdown_table(model_rows, COLUMNS[:-2] + ("verdict",)), flush=True)
-    table = markdown_table(rows, COLUMNS[:-2] + ("verdict",))
+        print(markdown_table(model_rows, LATENCY_COLUMNS), flush=True)
+    table = markdown_table(rows, LATENCY_COLUMNS)
     footer = f"total {time.perf_counter() - began:.0f} s"
     atomic_write_text(args.out, "\n".join(header + [table, "", *notes, footer, ""]))
     print(f"\n{table}\n\n{footer}; wrote {args.out}")
