@@ -14,7 +14,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     parts = ["# Compression report", ""]
     for sec in sections(report):
         parts += [f"## {sec.title}", ""]
-        parts += [f"- {line}" if sec.title in ("Summary", "Notes", "Environment") else line for line in sec.lines]
+        bullets = sec.title in ("Summary", "Notes", "Environment") or sec.title.startswith("Plan (")
+        parts += [f"- {line}" if bullets else line for line in sec.lines]
         if sec.lines:
             parts.append("")
         if sec.rows:

@@ -104,6 +104,32 @@ def _rewrites(r: dict[str, Any]) -> Section | None:
                                           "rel. weight error", "output error"], rows)
 
 
+def _change(choice: dict[str, Any]) -> str:
+    if choice["form"] == "prune":
+        return f"{choice['width_from']} -> {choice['width_to']} channels"
+    if choice["form"] == "drop":
+        return f"block replaced by identity ({len(choice.get('members') or [])} convs)"
+    return ", ".join(f"{k}={v}" for k, v in (choice.get("params") or {}).items()) or "-"
+
+
+def _plans(r: dict[str, Any]) -> list[Section]:
+    """One section per ``plan`` step: its verdict (a slower model is said so), measured rounds and choices."""
+    out = []
+    for s in r["steps"]:
+        d = s.get("details") or {}
+        if s["kind"] != "plan" or "verdict" not in d:
+            continue
+        lines = [d["verdict"]]
+        lines += [f"round {it['index']}: predicted {it['predicted_ratio']:.3f}x, measured {it['measured_ratio']:.3f}x"
+                  f"{' (met)' if it['met'] else ''}" for it in d.get("iterations", [])]
+        lines += list(d.get("notes", []))
+        rows = [[c["form"], c["layer"], _change(c), f"{fmt.num(c['predicted_saved'])} {c['unit']}", fmt.num(c["cost"])]
+                for c in d.get("choices", [])]
+        out.append(Section(f"Plan ({s['name']})", lines, ["form", "layer", "change", "predicted saving",
+                                                          "accuracy cost"], rows))
+    return out
+
+
 def _environment(r: dict[str, Any]) -> Section:
     e = r["environment"]
     lines = [f"python {e['python']}, torch {e['torch']}, torchvision {e['torchvision']}, "
@@ -114,8 +140,8 @@ def _environment(r: dict[str, Any]) -> Section:
 
 
 def sections(report: dict[str, Any]) -> list[Section]:
-    """Summary, steps, latency, per-layer, rewrites (when present), notes, environment."""
-    out = [_summary(report), _steps(report), _latency(report), _layers(report)]
+    """Summary, steps, latency, per-layer, plans and rewrites (when present), notes, environment."""
+    out = [_summary(report), _steps(report), _latency(report), _layers(report), *_plans(report)]
     rewrites = _rewrites(report)
     if rewrites is not None:
         out.append(rewrites)
