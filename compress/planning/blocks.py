@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..measurement import cost
-from ..measurement.timing import as_dtype
+from ..measurement.timing import as_dtype, cudnn_benchmark
 from .costs import loss_ratio
 from .shapes import ConvShape
 
@@ -119,7 +119,8 @@ def block_whole(model: nn.Module, blocks: dict[str, BlockSite], unit: str, *, de
         if fold_bn:
             block = fold_batchnorm(block, example_inputs=x[:1].float())
         timed[name] = (block.to(device=device, dtype=dtype, memory_format=fmt).requires_grad_(False), x)
-    return measure_ms(timed, device=device, warmup=warmup, runs=runs)
+    with cudnn_benchmark(device):  # as the latency table's convs are timed
+        return measure_ms(timed, device=device, warmup=warmup, runs=runs)
 
 
 def overhead(whole: float, convs: float) -> float:

@@ -11,6 +11,7 @@ from itertools import islice
 from typing import Any, Literal
 
 from ..config import MAX_BATCH, Config, check
+from ..measurement.timing import DTYPE_NAMES
 from ..recipe.registry import register_step
 from .apply import apply_plan
 from .candidates import FORM_KINDS
@@ -40,7 +41,7 @@ class PlanStep(Config):
     target: dict[str, float]
     device: Literal["cpu", "cuda"] = "cpu"
     batch: int = 64
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: str = "float32"
     channels_last: bool = False
     forms: tuple[str, ...] = ("prune", "separable", "grouped")
     cache_dir: str | None = None
@@ -56,6 +57,7 @@ class PlanStep(Config):
         value = self.target[keys[0]]
         check(0.0 < value <= 1.0, f"target.{keys[0]}", "a fraction in (0, 1]", value)
         check(1 <= self.batch <= MAX_BATCH, "batch", f"an integer in 1..{MAX_BATCH}", self.batch)
+        check(self.dtype in DTYPE_NAMES, "dtype", f"one of {', '.join(DTYPE_NAMES)}", self.dtype)
         check(len(self.forms) > 0 and all(f in FORM_KINDS for f in self.forms), "forms",
               f"a non-empty list of {', '.join(FORM_KINDS)}", "<" + ", ".join(self.forms) + ">")
         check(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)

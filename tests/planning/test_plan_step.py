@@ -27,6 +27,11 @@ def test_defaults_and_parsing():
     assert cfg.fold_bn is True and parse(PlanStep, {"target": {"macs": 0.5}, "fold_bn": False}).fold_bn is False
 
 
+def test_issue_spelling_of_the_recipe_parses():
+    cfg = parse(PlanStep, {"device": "cuda", "batch": 64, "dtype": "bf16", "target": {"latency": 0.5}})
+    assert (cfg.device, cfg.batch, cfg.dtype, cfg.target) == ("cuda", 64, "bf16", {"latency": 0.5})
+
+
 @pytest.mark.parametrize("data, field", [
     ({}, "target"),
     ({"target": {"latency": 0.5, "macs": 0.5}}, "target"),
