@@ -31,6 +31,12 @@ _API = {
     "to_shuffled": "compress.transforms",
     "to_dilated": "compress.transforms",
     "to_bottleneck": "compress.transforms",
+    "drop_blocks": "compress.transforms",
+    "block_drop_errors": "compress.transforms",
+    "fold_batchnorm": "compress.transforms",
+    # latency-aware planning
+    "plan": "compress.planning",
+    "apply_plan": "compress.planning",
     # training
     "fit": "compress.training",
     "calibrate_bn": "compress.training",
