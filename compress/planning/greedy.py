@@ -3,8 +3,8 @@
 Each step asks for a decrement of the predicted resource (ms, MACs or parameters). For every prunable group it
 takes the widest candidate width that saves at least the decrement (so a plateau of the measured staircase is
 jumped over, never paid for), for every dense conv each rewrite that saves anything, for every droppable
-residual block its drop, and applies the move with the lowest accuracy cost per unit saved. When no move reaches the decrement, the best cost per unit
-saved among all saving moves is taken. Steps repeat until the target is met or nothing saves any more.
+residual block its drop, and applies the move with the lowest accuracy cost per unit saved. When no move
+reaches the decrement, the best cost per unit saved among all saving moves is taken. Steps repeat until the target is met or nothing saves any more.
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ from .problem import Problem, Site
 from .shapes import ConvShape
 from .table import LatencyTable
 
-__all__ = ["State", "Resource", "LatencyResource", "MacsResource", "ParamsResource", "site_widths", "total"]
+__all__ = ["State", "Resource", "LatencyResource", "MacsResource", "ParamsResource", "site_widths", "total",
+           "dropped_overhead"]
 
 
 @dataclass
@@ -76,8 +77,13 @@ def total(problem: Problem, resource: Resource, state: State, names: list[str] |
         if state.runs(site):
             out += resource.conv(site, *site_widths(site, state), state.forms.get(name))
     if names is None:
-        out -= sum(problem.blocks[b].overhead.get(resource.unit, 0.0) for b in state.dropped)
+        out -= dropped_overhead(problem, resource, state)
     return out
+
+
+def dropped_overhead(problem: Problem, resource: Resource, state: State) -> float:
+    """What the dropped blocks cost beyond their convs (held in the unplanned part of the prediction)."""
+    return sum(problem.blocks[b].overhead.get(resource.unit, 0.0) for b in state.dropped)
 
 
 class LatencyResource:

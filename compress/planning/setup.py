@@ -15,7 +15,8 @@ from torch import nn
 
 from .blocks import block_whole, overhead
 from .greedy import greedy
-from .predict import LatencyResource, MacsResource, ParamsResource, Resource, State, site_widths, total
+from .predict import (LatencyResource, MacsResource, ParamsResource, Resource, State, dropped_overhead, site_widths,
+                      total)
 from .problem import Problem, build_problem
 from .runner import Runner
 from .table import build_table
@@ -137,7 +138,7 @@ class Space:
         fixed, with it shrinking in proportion to the convs)``."""
         state, _ = greedy(self.problem, self.resource, other=self.other, target=0.0, decrement=0.05 * self.start)
         planned = total(self.problem, self.resource, state)  # convs left, less the overheads of dropped blocks
-        dropped = sum(self.problem.blocks[b].overhead.get(self.resource.unit, 0.0) for b in state.dropped)
+        dropped = dropped_overhead(self.problem, self.resource, state)
         convs = (planned + dropped) / self.base  # the convs' share alone
         # the scaled reading: what is left of the unplanned part (dropped blocks' overheads gone) shrinks too
         return (self.other + planned) / self.start, (convs * (self.other - dropped) + planned + dropped) / self.start
