@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batches import batch_inputs
+from ..measurement.util import model_device
 from ..modes import restore_training
 
 __all__ = ["PatchMoments", "capture_patch_moments"]
@@ -74,8 +75,9 @@ def capture_patch_moments(model: nn.Module, convs: dict[str, nn.Conv2d], calib: 
     Args:
         model: the model containing ``convs``.
         convs: qualified name -> ``nn.Conv2d`` (``groups == 1``).
-        calib: a tensor batch ``(B, C, H, W)`` or an iterable of batches (tensors or ``(images, labels)``),
-            on the model's device.
+        calib: a tensor batch ``(B, C, H, W)`` or an iterable of batches (tensors or ``(images, labels)``);
+            moved to the model's device, as analysis and drop errors do (a plan's calibration batches come
+            straight from the loader).
         max_batches: use at most this many batches of ``calib``.
         verbose: show a progress bar.
 
@@ -86,11 +88,12 @@ def capture_patch_moments(model: nn.Module, convs: dict[str, nn.Conv2d], calib: 
     handles = [conv.register_forward_hook(lambda mod, args, out, s=stats[name]: s.update(args[0]))
                for name, conv in convs.items()]
     batches = [calib] if isinstance(calib, torch.Tensor) else calib
+    device = model_device(model)
     try:
         with restore_training(model), torch.no_grad():
             model.eval()
             for batch in tqdm(islice(batches, max_batches), desc="patch moments", leave=False, disable=not verbose):
-                model(batch_inputs(batch, what="patch moments"))
+                model(batch_inputs(batch, what="patch moments").to(device))
     finally:
         for h in handles:
             h.remove()
