@@ -95,7 +95,7 @@ def _attempt(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def _prune(model: nn.Module, x: torch.Tensor, analysis: Any) -> dict[str, Any]:
-    from compress.transforms.prune import prune
+    from compress.transforms.prune.pruner import prune
 
     twin = copy.deepcopy(model)
     result = prune(twin, x[:1], ratio=RATIO, importance="l2", analysis=analysis)
@@ -106,7 +106,7 @@ def _prune(model: nn.Module, x: torch.Tensor, analysis: Any) -> dict[str, Any]:
 
 def _eligible(model: nn.Module, kind: str) -> list[str]:
     """Names of plain convs the kind can rewrite (the applier's own rules, at its default ``min_channels``)."""
-    from compress.transforms.registry import config_for_kind
+    from compress.transforms.rewrite.registry import config_for_kind
 
     rules = config_for_kind(kind)
     return [n for n, m in model.named_modules() if type(m) is nn.Conv2d and min(m.in_channels, m.out_channels)
@@ -130,7 +130,7 @@ def _batches(model: nn.Module, names: list[str], limit: int | None) -> list[list
 
 
 def _rewrite(model: nn.Module, x: torch.Tensor, kind: str, analysis: Any, limit: int | None) -> dict[str, Any]:
-    from compress.transforms.rewrite import rewrite
+    from compress.transforms.rewrite.apply import rewrite
 
     declined: list[str] = []
     for picked in _batches(model, _eligible(model, kind), limit):

@@ -2,8 +2,8 @@
 
 - :func:`tp_magnitude`: torch-pruning's own ``MagnitudePruner`` (L2 magnitude, uniform per-layer ratio), the
   channel ratio bisected until tp's MACs count meets the budget; what a torch-pruning user would write.
-- :func:`ours_prune`: :func:`compress.transforms.prune.prune` with a MACs target and a named importance.
-- :func:`ours_rewrite`: :func:`compress.transforms.rewrite.rewrite` of one kind, its knob (separable
+- :func:`ours_prune`: :func:`compress.transforms.prune.pruner.prune` with a MACs target and a named importance.
+- :func:`ours_rewrite`: :func:`compress.transforms.rewrite.apply.rewrite` of one kind, its knob (separable
   ``max_error``, grouped ``groups``) searched so the model's MACs meet the budget.
 
 All take a baseline model and return a *new* model (the baseline is deep-copied, never changed) plus facts.
@@ -74,7 +74,7 @@ def tp_magnitude(model: nn.Module, x: torch.Tensor, macs_target: float) -> tuple
 def ours_prune(model: nn.Module, x: torch.Tensor, macs_target: float, *, importance: str, analysis: Any = None,
                calib: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """``compress.prune`` of a copy of ``model`` down to ``macs_target`` with the named importance."""
-    from compress.transforms.prune import prune
+    from compress.transforms.prune.pruner import prune
 
     twin = copy.deepcopy(model).eval()
     for p in twin.parameters():
@@ -88,7 +88,7 @@ def ours_prune(model: nn.Module, x: torch.Tensor, macs_target: float, *, importa
 def _rewritten(model: nn.Module, kind: str, x: torch.Tensor | None, analysis: Any,
                **params: Any) -> tuple[nn.Module, list]:
     twin = copy.deepcopy(model).eval()
-    from compress.transforms.rewrite import rewrite
+    from compress.transforms.rewrite.apply import rewrite
 
     records = rewrite(twin, kind, example_inputs=x, analysis=analysis, **params)
     return twin, records

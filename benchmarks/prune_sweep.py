@@ -1,7 +1,7 @@
 """Sweep: prune every torchvision classification model at one channel ratio and report what happened.
 
 For each model of ``torchvision.models.list_models(module=torchvision.models)`` (random weights, 10 classes) it
-runs :func:`compress.transforms.prune.prune` in a fresh subprocess (a hang or crash costs one row, not the
+runs :func:`compress.transforms.prune.pruner.prune` in a fresh subprocess (a hang or crash costs one row, not the
 sweep), checks that the pruned model still runs forward, and prints a table: name, ok / error / timeout, MACs
 before / after (tp's counter at the input size used), seconds. Models whose estimated peak memory exceeds
 ``--memory-gib`` (parameters counted on the meta device, times a peak factor) are skipped and named.
@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from compress.io import atomic_write_json  # noqa: E402
-from compress.transforms.prune import prune  # noqa: E402
+from compress.transforms.prune.pruner import prune  # noqa: E402
 
 __all__ = ["QUICK", "sweep", "main"]
 

@@ -50,7 +50,7 @@ def measure(setup: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
     """Rewrite a copy of the baseline, calibrate BN, and measure the MACs fraction and top-1."""
     from compress.measurement import cost, evaluate
     from compress.training import calibrate_bn
-    from compress.transforms.rewrite import rewrite
+    from compress.transforms.rewrite.apply import rewrite
 
     model = copy.deepcopy(setup.baseline)
     calib = list(itertools.islice((x for x, *_ in setup.data.calib), CALIB_BATCHES)) if method in DATA_AWARE else None

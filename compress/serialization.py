@@ -30,7 +30,7 @@ from torch import nn
 from .errors import CompressError
 from .io import atomic_torch_save, atomic_write_bytes
 from .transforms.modules import ChannelPermute, ChannelShuffle
-from .transforms.tp_compat import ShuffleV2Block
+from .transforms.prune.tp_compat import ShuffleV2Block
 
 __all__ = ["FORMAT", "save", "load", "export", "describe", "build"]
 

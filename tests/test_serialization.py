@@ -11,7 +11,7 @@ from torch import nn
 from compress.errors import CompressError
 from compress.serialization import export, load, save
 from compress.transforms.modules import ChannelPermute, ChannelShuffle
-from compress.transforms.prune import prune
+from compress.transforms.prune.pruner import prune
 
 
 def _torchvision(spec: dict) -> nn.Module:

@@ -116,7 +116,7 @@ def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, 
     batch_sizes = _check_batches(batch_sizes)
     settings = _settings(device, dtype, channels_last, compile, warmup, runs, fold_bn)
     if fold_bn:
-        from ..transforms.fold_bn import fold_batchnorm
+        from ..transforms.blocks.fold_bn import fold_batchnorm
 
         models = {name: fold_batchnorm(m, example_inputs=example_inputs[:1]) for name, m in models.items()}
     twins = {name: prepare(m, device=device, dtype=dtype, channels_last=channels_last, compile=compile)

@@ -2,7 +2,7 @@
 
 Pruning goes first and uses the plan's exact channel indices (no importance is recomputed), so the result is
 the model the planner measured. Rewrites then run on the pruned convs through
-:func:`compress.transforms.rewrite.rewrite`, which also folds grouped rewrites' channel permutes into
+:func:`compress.transforms.rewrite.apply.rewrite`, which also folds grouped rewrites' channel permutes into
 neighbouring layers where that is exact.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _prune(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.T
 
 def _rewrite(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.Tensor, calib: list | None,
              verbose: bool) -> list[str]:
-    from ..transforms.rewrite import rewrite
+    from ..transforms.rewrite.apply import rewrite
 
     batches: dict[tuple, list[str]] = defaultdict(list)
     for c in choices:
@@ -66,7 +66,7 @@ def apply_choices(model: nn.Module, choices: list[LayerChoice], example_inputs: 
         _prune(model, prunes, x)
     drops = [c.layer for c in choices if c.form == "drop"]
     if drops:  # after pruning: a group may be rooted inside a dropped block
-        from ..transforms.drop_block import drop_blocks
+        from ..transforms.blocks.drop import drop_blocks
 
         drop_blocks(model, drops)
     return _rewrite(model, [c for c in choices if c.form not in ("prune", "drop")], x, calib, verbose)

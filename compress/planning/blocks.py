@@ -1,7 +1,7 @@
 """Residual blocks the planner may drop whole: their convs, accuracy cost and the part of their cost no conv has.
 
 A block with an identity shortcut, ``out = act(branch(x) + x)``, can be replaced by the identity
-(:mod:`compress.transforms.drop_block`). On a CPU at batch 1 much of a small model's time is per-op overhead
+(:mod:`compress.transforms.blocks.drop`). On a CPU at batch 1 much of a small model's time is per-op overhead
 (activations, adds, dispatch) that pruning channels never removes; dropping a block removes all of it. The
 planner therefore prices a drop as the block's convs (table times at their current widths) plus its
 *overhead*: the block's whole cost at full width minus its convs' (measured for latency, counted for MACs and
@@ -72,12 +72,12 @@ def find_blocks(model: nn.Module, x: torch.Tensor, shapes: dict[str, ConvShape],
         x: ``(1, C, H, W)`` example input.
         shapes: conv shapes of ``model`` (:func:`~compress.planning.shapes.capture_shapes`).
         errors: block name -> fraction of its output energy lost when dropped
-            (:func:`compress.transforms.drop_block.block_drop_errors`).
+            (:func:`compress.transforms.blocks.drop.block_drop_errors`).
 
     Returns:
         ``(blocks, notes)``: the blocks by name, and why others were left alone.
     """
-    from ..transforms.drop_block import droppable_blocks
+    from ..transforms.blocks.drop import droppable_blocks
 
     found = droppable_blocks(model)
     calls = _input_shapes(model, found, x)
@@ -107,7 +107,7 @@ def block_whole(model: nn.Module, blocks: dict[str, BlockSite], unit: str, *, de
             c = cost(block, torch.zeros(1, *b.in_shape, device=next(block.parameters()).device))
             out[name] = float(c.macs if unit == "macs" else c.params)
         return out
-    from ..transforms.fold_bn import fold_batchnorm
+    from ..transforms.blocks.fold_bn import fold_batchnorm
     from .table import measure_ms
 
     dtype = as_dtype(dtype)

@@ -67,7 +67,7 @@ class Form:
         return max(1, round(self.value * in_channels))
 
     def params(self, in_channels: int) -> dict[str, Any]:
-        """Keyword options for :func:`compress.transforms.rewrite.rewrite` at ``in_channels`` inputs."""
+        """Keyword options for :func:`compress.transforms.rewrite.apply.rewrite` at ``in_channels`` inputs."""
         if self.kind == "bottleneck":
             return {"rank": self.rank(in_channels)}
         return {"T": self.value} if self.kind == "separable" else {"groups": self.value}

@@ -106,8 +106,8 @@ def removal_order(group: ChannelGroup, analysis: Any = None, *, limit: int,
 
 
 def _grouped_error2(conv: nn.Conv2d, groups: int) -> float:
-    from ..transforms.cocluster import kept_energy
-    from ..transforms.grouped import GroupedConfig, channel_energy
+    from ..transforms.rewrite.cocluster import kept_energy
+    from ..transforms.rewrite.kinds.grouped import GroupedConfig, channel_energy
 
     if max(conv.in_channels, conv.out_channels) <= EXACT_GROUPING_MAX_CHANNELS:
         kept = GroupedConfig.plan(conv, groups=groups).describe(conv)["energy_kept"]
@@ -125,7 +125,7 @@ def rewrite_cost(conv: nn.Conv2d, form: Form, *, moments: torch.Tensor | None = 
         conv: the dense conv.
         form: the rewrite.
         moments: ``(M, kh*kw, kh*kw)`` input patch moments of ``conv``
-            (:func:`compress.transforms.patch_stats.capture_patch_moments`): a separable form is then priced by
+            (:func:`compress.transforms.rewrite.patch_stats.capture_patch_moments`): a separable form is then priced by
             its expected output error on that data; other forms ignore them.
     """
     return loss_ratio(_error2(conv, form, moments))
@@ -135,15 +135,15 @@ def _error2(conv: nn.Conv2d, form: Form, moments: torch.Tensor | None) -> float:
     if form.kind == "grouped":
         return _grouped_error2(conv, form.value)
     if form.kind == "separable":
-        from ..transforms.separable import separable_errors
+        from ..transforms.rewrite.kinds.separable import separable_errors
 
         return float(separable_errors(conv, moments=moments)[form.value]) ** 2
     if form.kind == "bottleneck":
-        from ..transforms.bottleneck import bottleneck_errors
+        from ..transforms.rewrite.kinds.bottleneck import bottleneck_errors
 
         return float(bottleneck_errors(conv)[form.rank(conv.in_channels)]) ** 2
-    from ..transforms.decompose import relative_error
-    from ..transforms.shuffle import shuffle_effective_weight, to_shuffled
+    from ..transforms.rewrite.decompose import relative_error
+    from ..transforms.rewrite.kinds.shuffle import shuffle_effective_weight, to_shuffled
 
     with torch.no_grad():
         new = to_shuffled(conv, form.value)

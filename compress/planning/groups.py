@@ -47,15 +47,15 @@ class ChannelGroup:
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model``, with compress' shuffle/permute pruners registered."""
-    from ..transforms.tp_compat import build_graph
+    from ..transforms.prune.tp_compat import build_graph
 
     return build_graph(model, example_inputs)
 
 
 def _locked(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
     """Layers whose channels cannot be pruned consistently (shuffles next to grouped convs, protected ends)."""
-    from ..transforms.layer_roles import locked_layers
-    from ..transforms.tp_compat import build_graph
+    from ..transforms.prune.layer_roles import locked_layers
+    from ..transforms.prune.tp_compat import build_graph
 
     return list(locked_layers(build_graph(model, example_inputs)))
 

@@ -24,7 +24,7 @@ Shen et al. 2022):
    (:mod:`~compress.planning.search`, measuring through :mod:`~compress.planning.runner`).
 
 Latency is measured, by default, on models in deploy form, their BatchNorms folded into the convs
-(:func:`~compress.transforms.fold_bn.fold_batchnorm`): the original and every candidate alike, and the table's
+(:func:`~compress.transforms.blocks.fold_bn.fold_batchnorm`): the original and every candidate alike, and the table's
 convs carry the bias the fold gives them.
 
 The returned :class:`~compress.planning.result.Plan` holds the choices, predicted and measured ratios and a
@@ -103,7 +103,7 @@ def _drop_errors(model: nn.Module, batches: list, verbose: bool) -> dict[str, fl
     """Each droppable block's drop error on ``batches`` (``None`` without data: blocks are then not dropped)."""
     if not batches:
         return None
-    from ..transforms.drop_block import block_drop_errors
+    from ..transforms.blocks.drop import block_drop_errors
 
     return block_drop_errors(model, batches, verbose=verbose)
 

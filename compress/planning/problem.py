@@ -122,7 +122,7 @@ def _separable_moments(model: nn.Module, modules: dict[str, nn.Module], sites: l
     convs = {s.name: modules[s.name] for s in sites if any(f.kind == "separable" for f in s.forms)}
     if not calib or not convs:
         return {}
-    from ..transforms.patch_stats import capture_patch_moments
+    from ..transforms.rewrite.patch_stats import capture_patch_moments
 
     return capture_patch_moments(model, convs, calib, verbose=verbose)
 
@@ -148,7 +148,7 @@ def build_problem(model: nn.Module, example_inputs: torch.Tensor, *, kinds: tupl
         align / min_keep / max_widths: candidate widths (see :func:`~compress.planning.candidates.aligned_widths`).
         analysis: an :class:`~compress.analysis.Analysis` of the model for channel costs, or ``None``.
         drop_errors: with ``"drop"`` in ``kinds``, each droppable block's measured drop error
-            (:func:`compress.transforms.drop_block.block_drop_errors`); blocks are dropped only with it.
+            (:func:`compress.transforms.blocks.drop.block_drop_errors`); blocks are dropped only with it.
         verbose: progress bar over groups.
     """
     shapes = capture_shapes(model, example_inputs)

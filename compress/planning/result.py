@@ -21,7 +21,7 @@ class LayerChoice:
         members: convs whose channels change with the group (producers, depthwise, consumers); a dropped
             block's convs.
         removed: root-numbered channels removed (pruning only), ascending.
-        params: the rewrite's keyword options for :func:`compress.transforms.rewrite.rewrite`.
+        params: the rewrite's keyword options for :func:`compress.transforms.rewrite.apply.rewrite`.
         predicted_saved: predicted saving in :attr:`unit` credited to this change during the search.
         unit: ``"ms"``, ``"macs"`` or ``"params"``.
         cost: predicted accuracy cost (fraction of one layer's output energy lost; see

@@ -26,7 +26,7 @@ __all__ = ["Setup", "Space", "calibrate", "folded_convs"]
 
 def folded_convs(model: nn.Module, x: torch.Tensor) -> set[str]:
     """Convs that carry a bias once the model's BatchNorms are folded (fx keeps the module names)."""
-    from ..transforms.fold_bn import fold_batchnorm
+    from ..transforms.blocks.fold_bn import fold_batchnorm
 
     return {n for n, m in fold_batchnorm(model, example_inputs=x).named_modules()
             if isinstance(m, nn.Conv2d) and m.bias is not None}

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import CompressError
 from ..measurement import cost
-from ..transforms.tp_compat import traceable
+from ..transforms.prune.tp_compat import traceable
 
 __all__ = ["uniform_prune", "uniform_at_macs"]
 

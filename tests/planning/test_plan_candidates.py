@@ -11,7 +11,7 @@ from compress.errors import CompressError
 from compress.planning import Form, aligned_widths, default_align
 from compress.planning.candidates import check_forms, rewrite_forms
 from compress.planning.shapes import capture_shapes
-from compress.transforms.rewrite import conv_macs
+from compress.transforms.rewrite.apply import conv_macs
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,7 +11,7 @@ from compress.planning import apply_plan, plan
 from compress.planning.candidates import Form
 from compress.planning.costs import rewrite_cost
 from compress.transforms import rewrite
-from compress.transforms.patch_stats import capture_patch_moments
+from compress.transforms.rewrite.patch_stats import capture_patch_moments
 from planning_helpers import tiny_net
 
 
