@@ -65,6 +65,11 @@ def _steps(records: Sequence[Any]) -> list[dict[str, Any]]:
              "details": jsonable(r.details or {})} for r in records]
 
 
+# The per-layer fields of compress.transforms.rewrite.apply.RewriteRecord that the report shows: read by their
+# record's own names (tests/reporting/test_parts checks they are RewriteRecord fields).
+REWRITE_KEYS = ("kind", "macs_before", "macs_after", "weight_error", "output_error")
+
+
 def _rewrites(records: Sequence[Any]) -> list[dict[str, Any]]:
     """Per-layer rewrite records (``details["layers"]``) of every step, tagged with the step name."""
     rows = []
@@ -75,8 +80,7 @@ def _rewrites(records: Sequence[Any]) -> list[dict[str, Any]]:
         for item in layers:
             if isinstance(item, dict) and "layer" in item:
                 row = {"step": r.name, "layer": str(item["layer"])}
-                row.update({k: jsonable(item.get(k)) for k in ("kind", "macs_before", "macs_after",
-                                                                "rel_weight_error", "output_error")})
+                row.update({k: jsonable(item.get(k)) for k in REWRITE_KEYS})
                 rows.append(row)
     return rows
 

@@ -42,7 +42,7 @@ _LAYER_ROW = _obj(["name", "macs_before", "macs_after", "params_before", "params
                   {"name": _STR, "type": {"type": ["string", "null"]}, "macs_before": _INT, "macs_after": _INT,
                    "params_before": _INT, "params_after": _INT, "ms_before": _NUM, "ms_after": _NUM})
 _REWRITE_ROW = _obj(["step", "layer"], {"step": _STR, "layer": _STR, "kind": {"type": ["string", "null"]},
-                                        "macs_before": _INT, "macs_after": _INT, "rel_weight_error": _NUM,
+                                        "macs_before": _INT, "macs_after": _INT, "weight_error": _NUM,
                                         "output_error": _NUM})
 _SUMMARY = _obj(["params", "macs", "top1", "top5"], {"params": _INT, "macs": _INT, "top1": _NUM, "top5": _NUM,
                                                      "agreement": _NUM})

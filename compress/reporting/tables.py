@@ -98,7 +98,7 @@ def _rewrites(r: dict[str, Any]) -> Section | None:
     if not r.get("rewrites"):
         return None
     rows = [[x["step"], x["layer"], x.get("kind") or "-", fmt.count(x.get("macs_before")),
-             fmt.count(x.get("macs_after")), fmt.num(x.get("rel_weight_error")), fmt.num(x.get("output_error"))]
+             fmt.count(x.get("macs_after")), fmt.num(x.get("weight_error")), fmt.num(x.get("output_error"))]
             for x in r["rewrites"]]
     return Section("Layer rewrites", [], ["step", "layer", "kind", "MACs before", "MACs after",
                                           "rel. weight error", "output error"], rows)

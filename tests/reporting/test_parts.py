@@ -1,6 +1,8 @@
 """Pieces of the report: per-layer matching across rewrites, JSON conversion, the schema validator."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 
@@ -50,3 +52,10 @@ def test_validator_subset():
         "$.a[0]: expected >= 1, got 0", "$.a[1]: expected integer, got bool",
         "$.b: expected one of ['x'], got 'y'", "$: unexpected key 'c'"]
     assert schema_errors([], schema) == ["$: expected object, got list"]
+
+
+def test_report_rewrite_keys_are_rewrite_record_fields():
+    from compress.reporting.build import REWRITE_KEYS
+    from compress.transforms.rewrite.apply import RewriteRecord
+
+    assert set(REWRITE_KEYS) <= {f.name for f in dataclasses.fields(RewriteRecord)}

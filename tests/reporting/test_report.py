@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from compress.config import parse
 from compress.errors import ConfigError
-from compress.reporting import REPORT_SCHEMA, SchemaError, schema_errors, summary_text, validate
+from compress.reporting import REPORT_SCHEMA, SchemaError, fmt, schema_errors, summary_text, validate
 from compress.reporting.html import image_sources
 from compress.reporting.step import ReportStep, report_step
 
@@ -44,12 +44,11 @@ def test_report_step_writes_valid_report(tiny_ctx, capsys):
     assert report["schema_version"] == "1.0"
     assert [s["name"] for s in report["steps"]] == ["baseline", "analyze", "rewrite"]
     assert report["steps"][1]["metrics"] == {}
-    assert report["steps"][2]["details"]["weights"] == {"tensor": [100], "dtype": "float32"}
     assert report["data"]["synthetic"] is True
-    # the final model is the rewritten one: conv2's MACs are the sum of its two replacement convs
+    # the final model is the rewritten one: conv2 is a 4-group conv, a quarter of the dense MACs
     conv2 = next(r for r in report["layers"] if r["name"] == "conv2")
     assert conv2["macs_before"] == 16 * 16 * 9 * 8 * 8
-    assert conv2["macs_after"] == 16 * 16 * 9 * 8 * 2 + 16 * 16 * 8 * 8
+    assert conv2["macs_after"] == 16 * 16 * 9 * 8 * 8 // 4
     assert conv2["ms_before"] > 0 and conv2["ms_after"] > 0
     assert report["final"]["macs"] < report["baseline"]["macs"]
     # one latency row per batch size, each with a verdict that also appears in report.md and the console
@@ -60,8 +59,13 @@ def test_report_step_writes_valid_report(tiny_ctx, capsys):
         assert row["ratio"] == pytest.approx(row["baseline_ms"] / row["compressed_ms"], rel=1e-3)
         assert row["verdict"].startswith(("faster by", "SLOWER by"))
         assert line in md and line in printed
-    assert "| conv2 | grouped |" in md  # the rewrite record's table
-    assert report["rewrites"][0]["output_error"] is None  # NaN became null
+    # the rewrite table carries the errors the step's RewriteRecord measured (one key name end to end)
+    emitted = report["steps"][2]["details"]["layers"][0]
+    row = report["rewrites"][0]
+    assert 0.0 < row["weight_error"] < 1.0 and row["weight_error"] == pytest.approx(emitted["weight_error"])
+    assert row["output_error"] is not None and row["output_error"] == pytest.approx(emitted["output_error"])
+    table_row = next(line for line in md.splitlines() if "| conv2 | grouped |" in line)
+    assert table_row.rstrip().endswith(f"| {fmt.num(row['weight_error'])} | {fmt.num(row['output_error'])} |")
     sources = _assert_images_are_pngs(tiny_ctx, html)
     assert set(sources) == set(report["plots"]) and "plots/layer_latency.png" in sources
     assert {str(tiny_ctx.out_dir / s) for s in sources} <= set(out["files"])
