@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CompressError
+from ..transforms.prune.tp_compat import prune_group
 from .groups import dependency_graph
 from .result import LayerChoice, Plan
 
@@ -32,7 +33,7 @@ def _prune(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.T
         group = dg.get_pruning_group(root, pruner.prune_out_channels, list(c.removed))
         if not dg.check_pruning_group(group):
             raise CompressError(f"apply_plan: torch-pruning refuses to prune group {c.layer!r} to {c.width_to}")
-        group.prune()
+        prune_group(dg, group)  # group.prune() would leave torch-pruning's split offsets stale
 
 
 def _rewrite(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.Tensor, calib: list | None,

@@ -71,3 +71,55 @@ def test_plan_for_another_model_is_refused(x):
                    choices=[LayerChoice("body.conv", "prune", 32, 24, [], list(range(8)))])
     with pytest.raises(CompressError, match="body.conv"):
         apply_plan(model, missing, x)
+
+
+class SplitNet(torch.nn.Module):
+    """Two convs concatenated, split again and consumed by one conv: both groups map through one torch.split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(16, 4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = [self.a.out_channels, self.b.out_channels]  # follow the pruned widths
+        left, right = torch.split(torch.cat([self.a(x), self.b(x)], 1), sizes, dim=1)
+        return self.c(torch.cat([left, right], 1))
+
+
+def test_two_groups_through_one_split_remove_the_planned_channels():
+    # torch-pruning 1.6 leaves the split's offsets stale after the first group: the second then removes the
+    # wrong input channels of c (or indexes past its end) unless apply_plan refreshes them (tp_compat.prune_group)
+    torch.manual_seed(0)
+    model = SplitNet().eval()
+    x = torch.randn(2, 3, 4, 4)
+    choices = [LayerChoice("a", "prune", 8, 6, ["a", "c"], [0, 1]), LayerChoice("b", "prune", 8, 7, ["b", "c"], [7])]
+    p = Plan(target={"macs": 0.9}, device="cpu", dtype="float32", batch=1, channels_last=False, align=1,
+             choices=choices)
+    pruned = apply_plan(copy.deepcopy(model), p, x[:1])
+    assert (pruned.a.out_channels, pruned.b.out_channels, pruned.c.in_channels) == (6, 7, 13)
+    kept = [*range(2, 8), *range(8, 15)]  # c's inputs: a's channels 2..7, then b's 0..6
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(torch.cat([model.a(x)[:, 2:], model.b(x)[:, :7]], 1),
+                                              model.c.weight[:, kept], model.c.bias)
+        torch.testing.assert_close(pruned(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shufflenet_plan_applies_to_a_working_model(tmp_path):
+    import torchvision
+
+    from compress.transforms.prune.tp_compat import swap_shufflenet_blocks
+
+    torch.manual_seed(0)
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    swap_shufflenet_blocks(model)  # what prune() does first: the torchvision blocks are not traceable by tp
+    x = torch.randn(1, 3, 64, 64)
+    p = plan(model, x, target={"macs": 0.8}, batch=1, forms=("prune",), measure_latency=False,
+             cache_dir=str(tmp_path), verbose=False)
+    assert p.met and p.choices
+    pruned = apply_plan(copy.deepcopy(model), p, x)
+    names = dict(pruned.named_modules())
+    for c in p.choices:
+        assert names[c.layer].out_channels == c.width_to
+    with torch.no_grad():
+        out = pruned(torch.randn(3, 3, 64, 64))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
