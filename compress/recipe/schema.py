@@ -20,6 +20,7 @@ __all__ = ["Recipe", "BaselineConfig", "StepEntry", "load_recipe", "parse_recipe
            "read_recipe_data", "recipe_to_data", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = "default.yaml"  # packaged next to this module; recipes/default.yaml links to it
+OVERRIDES = "--set"  # the "file" named in errors that a --set override caused
 MAX_SEED = 2**32 - 1  # NumPy's limit; per-step seeds add a few thousand, still far below torch's 2**64
 
 
@@ -136,7 +137,7 @@ def _set_path(data: dict, dotted: str, value: Any, file: str) -> None:
             node = node[key]
 
 
-def apply_overrides(data: dict, overrides: list[str], *, file: str = "--set") -> dict:
+def apply_overrides(data: dict, overrides: list[str], *, file: str = OVERRIDES) -> dict:
     """Return a copy of ``data`` with ``a.b=value`` overrides applied (values parsed as YAML).
 
     List items are addressed by index, and a step's options through its name: ``steps.1.prune.ratio=0.3``.
@@ -219,8 +220,28 @@ def recipe_to_data(recipe: Recipe) -> dict[str, Any]:
 def load_recipe(path: str | None = None, *, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override and validate a recipe (``None`` = the embedded default)."""
     data, name = read_recipe_data(path)
-    if overrides:
-        if not isinstance(data, dict):
-            raise ConfigError("<top>", "a recipe mapping", f"<{type(data).__name__}>", file=name)
-        data = apply_overrides(data, list(overrides))
-    return parse_recipe(data, file=name)
+    if not overrides:
+        return parse_recipe(data, file=name)
+    if not isinstance(data, dict):
+        raise ConfigError("<top>", "a recipe mapping", f"<{type(data).__name__}>", file=name)
+    try:
+        return parse_recipe(apply_overrides(data, list(overrides)), file=name)
+    except ConfigError as err:
+        if err.file == name and _caused_by_overrides(err.field, list(overrides), data, name):
+            raise ConfigError(err.field, err.expected, err.got, file=OVERRIDES) from None
+        raise
+
+
+
+def _caused_by_overrides(field: str, overrides: list[str], data: dict, name: str) -> bool:
+    """Whether the bad ``field`` comes from an override: it lies at or under an overridden path, or the recipe
+    parses without the overrides."""
+    dotted = re.sub(r"\[(\d+)\]", r".\1", field)  # steps[1].prune.ratio -> steps.1.prune.ratio
+    paths = [item.partition("=")[0] for item in overrides]
+    if any(dotted == p or dotted.startswith(p + ".") for p in paths):
+        return True
+    try:
+        parse_recipe(data, file=name)
+    except CompressError:
+        return False
+    return True

@@ -1,4 +1,6 @@
 """Recipe validation: each kind of mistake gives one message naming file, field and what was expected."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -92,3 +94,23 @@ def test_override_errors_are_clear():
 def test_parse_recipe_accepts_bare_step_names():
     recipe = parse_recipe({**GOOD, "steps": ["calibrate", "report"]}, file="x.yaml")
     assert [s.name for s in recipe.steps] == ["calibrate", "report"]
+
+
+@pytest.mark.parametrize("override, field", [
+    ("data.sourse=x", "data.sourse"),                 # an unknown key the override added
+    ("data.batch_size=0", "data.batch_size"),         # a bad value at the overridden path
+    ("steps.0.analyze.max_batches=-1", "steps[0].analyze.max_batches"),
+    ("steps.1.prunee.ratio=0.3", "steps[1]"),         # the recipe alone is valid: the override broke it
+])
+def test_override_mistakes_are_blamed_on_set_not_the_file(override, field):
+    with pytest.raises(ConfigError) as info:
+        load_recipe(str(Path(__file__).parents[2] / "recipes" / "tiny.yaml"), overrides=[override])
+    assert str(info.value).startswith(f"--set: {field}: expected ")
+    assert "tiny.yaml" not in str(info.value)
+
+
+def test_a_broken_recipe_is_still_blamed_on_its_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"data": {"batch_size": 0}, "steps": ["analyze"]}))
+    with pytest.raises(ConfigError, match=r"r\.yaml: data\.batch_size: expected"):
+        load_recipe(str(path), overrides=["seed=3"])
