@@ -21,10 +21,11 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["DeadChannel", "DeadKind", "DEAD_KINDS", "find_dead"]
+__all__ = ["DeadChannel", "DeadKind", "DEAD_KINDS", "STRUCTURAL_KINDS", "find_dead"]
 
 DeadKind = Literal["zero_filter", "zero_gamma", "constant", "apoz"]
 DEAD_KINDS: tuple[str, ...] = ("zero_filter", "zero_gamma", "constant", "apoz")
+STRUCTURAL_KINDS: tuple[str, ...] = ("zero_filter", "zero_gamma")  # dead whatever the input
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,30 @@ class DeadChannel:
     kind: DeadKind
     value: float | None
     apoz: float = 0.0
+    images: int = 0
+
+    @property
+    def structural(self) -> bool:
+        """Dead by the weights alone (zero filter, zero BN gamma): constant for every input, so removal is exact.
+
+        A ``constant`` channel was only constant on the ``images`` calibration images the analysis saw; other
+        inputs may move it (a ReLU that happened to stay off), so its removal is checked on held-out data."""
+        return self.kind in STRUCTURAL_KINDS
 
     def __str__(self) -> str:
-        const = f"; always {self.value:.6g}" if self.value is not None else ""
-        if self.kind == "zero_filter":
-            return f"zero filter weights{const}"
-        if self.kind == "zero_gamma":
-            return f"BatchNorm gamma is zero{const}"
+        if self.structural:
+            const = f"; always {self.value:.6g}" if self.value is not None else ""
+            return ("zero filter weights" if self.kind == "zero_filter" else "BatchNorm gamma is zero") + const
         if self.kind == "constant":
-            return f"constant output over the data{const}"
+            seen = f"{self.images} calibration images" if self.images else "the calibration data"
+            value = f" (value {self.value:.6g})" if self.value is not None else ""
+            return f"constant on {seen}{value}; not proven for other inputs"
         return f"{self.apoz:.2%} of outputs are exactly zero (APoZ) but not constant: removal is lossy"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form, including the human reason."""
-        return {"kind": self.kind, "value": self.value, "apoz": self.apoz, "reason": str(self)}
+        return {"kind": self.kind, "value": self.value, "apoz": self.apoz, "images": self.images,
+                "structural": self.structural, "reason": str(self)}
 
 
 def _small(values: torch.Tensor, tol: float) -> torch.Tensor:
@@ -65,13 +76,14 @@ def _small(values: torch.Tensor, tol: float) -> torch.Tensor:
 
 
 def find_dead(stats: dict[str, torch.Tensor], *, const_tol: float, apoz_threshold: float, gamma_tol: float,
-              weight_tol: float) -> dict[int, DeadChannel]:
+              weight_tol: float, images: int = 0) -> dict[int, DeadChannel]:
     """Classify the dead channels of one layer.
 
     Args:
         stats: per-channel ``(C,)`` tensors ``min, max, mean, apoz, weight_l1`` and optionally ``gamma``.
         const_tol / gamma_tol / weight_tol: relative tolerances (see the module docstring).
         apoz_threshold: fraction of exact zeros from which a channel counts as dead.
+        images: how many calibration images the statistics come from (named in a data-constant reason).
 
     Returns:
         ``{channel index: DeadChannel}`` for the dead channels only, ascending.
@@ -87,5 +99,5 @@ def find_dead(stats: dict[str, torch.Tensor], *, const_tol: float, apoz_threshol
     for c in any_flag.nonzero().flatten().tolist():
         kind = next(k for k in DEAD_KINDS if bool(flags[k][c]))
         value = float(stats["mean"][c]) if bool(constant[c]) else None
-        out[c] = DeadChannel(kind, value, float(stats["apoz"][c]))
+        out[c] = DeadChannel(kind, value, float(stats["apoz"][c]), images)
     return out

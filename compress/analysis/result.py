@@ -93,7 +93,8 @@ class Analysis:
         See :mod:`compress.analysis.dead` for the precedence of reasons and the meaning of ``value``.
         """
         return {layer: find_dead(self._stats[layer], const_tol=const_tol, apoz_threshold=apoz_threshold,
-                                 gamma_tol=gamma_tol, weight_tol=weight_tol) for layer in self.layers}
+                                 gamma_tol=gamma_tol, weight_tol=weight_tol, images=self.images)
+                for layer in self.layers}
 
     # --- correlation ------------------------------------------------------------------------------------
     def has_correlation(self, layer: str) -> bool:

@@ -42,7 +42,9 @@ class DeadRemoval:
         channels: their original indices in ``layer``.
         kinds: per channel the analysis' verdict (``zero_filter``, ``zero_gamma``, ``constant``).
         values: per channel the constant at its final point, from the analysis.
-        exact: whether every fold is exact (otherwise accepted by measured error).
+        exact: whether the removal is exact for every input: every fold is algebraically exact AND every channel is
+            structurally dead (zero filter / zero BN gamma). A channel that was only constant on the calibration
+            images is never called exact: its error on held-out data is :attr:`DeadReport.held_out_error`.
         fold_error: relative max output error of the model measured after this removal (vs before any).
         coupled: other layers whose output channels went with the group (residual / concat partners).
         coupled_dead: dead channels of those layers (original indices) that this removal covered.
@@ -74,6 +76,7 @@ class DeadReport:
     removed: list[DeadRemoval] = field(default_factory=list)
     skipped: list[DeadSkip] = field(default_factory=list)
     error: float = 0.0
+    held_out_error: float | None = None
 
     @property
     def channels_removed(self) -> int:
@@ -82,7 +85,7 @@ class DeadReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"removed": [asdict(r) for r in self.removed], "skipped": [asdict(s) for s in self.skipped],
-                "channels_removed": self.channels_removed, "error": self.error}
+                "channels_removed": self.channels_removed, "error": self.error, "held_out_error": self.held_out_error}
 
 
 @dataclass
@@ -319,7 +322,7 @@ class _Remover:
         channels = sorted(plan.dead)
         self.report.removed.append(DeadRemoval(
             plan.layer, channels, [plan.dead[c].kind for c in channels], [float(plan.dead[c].value) for c in channels],
-            plan.exact, error, plan.coupled, {k: sorted(v) for k, v in plan.coupled_dead.items()}))
+            plan.exact and all(getattr(plan.dead[c], "structural", False) for c in channels), error, plan.coupled, {k: sorted(v) for k, v in plan.coupled_dead.items()}))
 
     def remove_exact(self, plans: list[_Plan]) -> None:
         """Fold every exact plan (all in the pre-pruning numbering), then prune them one by one."""
@@ -362,7 +365,7 @@ class _Remover:
 def remove_dead_channels(model: nn.Module, example_inputs: torch.Tensor, analysis: Any, *,
                          probe: Sequence[torch.Tensor] | None = None, tol: float = 1e-4,
                          origins: ChannelOrigins | None = None, ignored: Collection[nn.Module] = (),
-                         verbose: bool = False) -> DeadReport:
+                         held_out: Sequence[torch.Tensor] | None = None, verbose: bool = False) -> DeadReport:
     """Remove the constant channels that ``analysis.dead_channels()`` reports, folding them into consumers.
 
     Args:
@@ -376,6 +379,9 @@ def remove_dead_channels(model: nn.Module, example_inputs: torch.Tensor, analysi
         tol: largest relative output error accepted for a border-inexact fold.
         origins: the model's channel numbering (updated in place); default: the model is unpruned.
         ignored: layers whose output channels must not change (e.g. the classifier).
+        held_out: batches ``(B, C, H, W)`` the decision did not see (a recipe's val split): the model's relative
+            output error after all removals is measured on them too (:attr:`DeadReport.held_out_error`), since a
+            channel constant on the probe batches need not be constant on new inputs.
         verbose: show a progress bar.
 
     Returns:
@@ -383,6 +389,8 @@ def remove_dead_channels(model: nn.Module, example_inputs: torch.Tensor, analysi
     """
     origins = origins if origins is not None else ChannelOrigins(model)
     batches = list(probe) if probe else [example_inputs]
+    held_out = list(held_out or [])
+    held_reference = model_outputs(model, held_out) if held_out else None
     remover = _Remover(model, example_inputs, batches, origins, ignored, tol, verbose)
     candidates: dict[str, dict[int, Any]] = {}
     for layer, channels in analysis.dead_channels().items():
@@ -403,4 +411,6 @@ def remove_dead_channels(model: nn.Module, example_inputs: torch.Tensor, analysi
                 remover.remove_approximate(plan.layer, original, dead)
     report = remover.report
     report.error = relative_error(remover.reference, model_outputs(model, batches))
+    if held_reference is not None:
+        report.held_out_error = relative_error(held_reference, model_outputs(model, held_out))
     return report

@@ -309,7 +309,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None
           macs_target: float | None = None, importance: str = "l2", analysis: Any = None, calib: Any = None,
           remove_dead: bool = True, dead_tol: float = 1e-4, round_to: int | None = None,
           ignored_layers: Collection[str | nn.Module] = (), per_layer: Mapping[str, float] | None = None,
-          max_steps: int = 10, verbose: bool = False) -> PruneResult:
+          max_steps: int = 10, held_out: Any = None, verbose: bool = False) -> PruneResult:
     """Prune output channels of ``model`` in place, keeping every dependency consistent (torch-pruning).
 
     Args:
@@ -327,6 +327,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None
         per_layer: fnmatch pattern -> channel ratio, overriding ``ratio`` for matching layers (in a coupled group
             the group's first layer decides).
         max_steps: most steps towards ``macs_target``.
+        held_out: batches (tensors or ``(images, labels)``) the analysis did not see, e.g. the val split: the
+            dead-channel removal's output error is also measured on them (``result.dead.held_out_error``).
         verbose: show progress bars.
 
     Returns:
@@ -351,7 +353,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None
         if remove_dead and analysis is not None:
             dead = remove_dead_channels(model, example_inputs, analysis, probe=[x for x, _ in calib_batches] or None,
                                         tol=dead_tol, origins=origins, verbose=verbose,
-                                        ignored={model.get_submodule(n) for n in ignored})
+                                        ignored={model.get_submodule(n) for n in ignored},
+                                        held_out=[x for x, _ in _calib_batches(held_out)] or None)
         pruner = _Pruner(model, example_inputs, origins, importance=importance, analysis=analysis, ignored=ignored,
                          round_to=round_to, per_layer=per_layer or {}, calib=calib_batches, verbose=verbose)
         if macs_target is not None:

@@ -40,7 +40,8 @@ class PruneStep(Config):
         per_layer: fnmatch pattern -> channel ratio overriding ``ratio``.
         dead_tol: largest relative output error accepted when folding a dead channel inexactly (borders).
         max_steps: most iterative steps towards ``macs_target``.
-        calib_batches: calibration batches used for ``taylor`` and to verify dead-channel folds.
+        calib_batches: calibration batches used for ``taylor`` and to verify dead-channel folds; as many batches
+            of the val split (held out from the analysis) measure the removal's error on new inputs.
     """
 
     ratio: float | None = None
@@ -70,8 +71,8 @@ class PruneStep(Config):
         check(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)
 
 
-def _calibration(ctx: Any, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    loader = getattr(ctx.data, "calib", None)
+def _calibration(ctx: Any, batches: int, split: str = "calib") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader = getattr(ctx.data, split, None)
     if loader is None:
         return []
     return [(x.to(ctx.device), y.to(ctx.device)) for x, y in itertools.islice(loader, batches)]
@@ -84,7 +85,8 @@ def prune_step(ctx: Any, cfg: PruneStep) -> dict:
     result = prune(ctx.model, ctx.example_inputs, ratio=cfg.ratio, macs_target=cfg.macs_target,
                    importance=cfg.importance, analysis=ctx.analysis, calib=calib or None,
                    remove_dead=cfg.remove_dead, dead_tol=cfg.dead_tol, round_to=cfg.round_to,
-                   ignored_layers=cfg.ignored_layers, per_layer=cfg.per_layer, max_steps=cfg.max_steps)
+                   ignored_layers=cfg.ignored_layers, per_layer=cfg.per_layer, max_steps=cfg.max_steps,
+                   held_out=_calibration(ctx, cfg.calib_batches, "val") or None)
     details = result.to_dict()
     details["unknown_layers"] = unknown_layers(ctx.model)
     if result.channels_after != result.channels_before and ctx.analysis is not None:
