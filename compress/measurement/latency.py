@@ -155,16 +155,16 @@ def latency(model: nn.Module, example_inputs: torch.Tensor, *, device: torch.dev
 
 
 def verdict(baseline: Stats, other: Stats, *, device: str) -> str:
-    """A one-line, never-silent verdict: ``"faster by 1.83x (measured)"`` or ``"SLOWER by 1.21x on cpu"``.
-
-    ``(within noise)`` is appended when the two interquartile ranges overlap.
+    """A one-line, never-silent verdict: ``"faster by 1.83x (measured on cpu)"``, ``"SLOWER by 1.21x on cpu
+    (measured)"``, or, when the two interquartile ranges overlap, ``"no measurable difference on cpu (IQRs
+    overlap; median ratio 0.98x)"``: a ratio inside the run-to-run spread is not a speed-up nor a slow-down.
     """
     speedup = baseline.median_ms / other.median_ms
-    overlap = other.q1_ms <= baseline.q3_ms and baseline.q1_ms <= other.q3_ms
-    noise = "; within noise: IQRs overlap" if overlap else ""
+    if other.q1_ms <= baseline.q3_ms and baseline.q1_ms <= other.q3_ms:
+        return f"no measurable difference on {device} (IQRs overlap; median ratio {speedup:.2f}x)"
     if speedup >= 1.0:
-        return f"faster by {speedup:.2f}x (measured on {device}{noise})"
-    return f"SLOWER by {1.0 / speedup:.2f}x on {device} (measured{noise})"
+        return f"faster by {speedup:.2f}x (measured on {device})"
+    return f"SLOWER by {1.0 / speedup:.2f}x on {device} (measured)"
 
 
 @dataclass

@@ -109,7 +109,9 @@ def test_verdict_text_and_noise_flag():
     close = Stats(median_ms=10.2, q1_ms=9.9, q3_ms=10.6, min_ms=9.8, runs=20)
     assert verdict(base, quick, device="cpu") == "faster by 2.00x (measured on cpu)"
     assert verdict(quick, base, device="cuda") == "SLOWER by 2.00x on cuda (measured)"
-    assert verdict(base, close, device="cpu") == "SLOWER by 1.02x on cpu (measured; within noise: IQRs overlap)"
+    assert verdict(base, close, device="cpu") == "no measurable difference on cpu (IQRs overlap; median ratio 0.98x)"
+    wide = Stats(median_ms=68.8, q1_ms=8.0, q3_ms=90.0, min_ms=7.0, runs=20)  # a noisy run: no 6.88x verdict
+    assert verdict(base, wide, device="cpu").startswith("no measurable difference on cpu")
 
 
 def test_layer_latency_names_every_leaf_and_sees_the_slow_one():

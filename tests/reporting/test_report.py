@@ -57,7 +57,7 @@ def test_report_step_writes_valid_report(tiny_ctx, capsys):
     printed = capsys.readouterr().out
     for row, line in zip(report["latency"], out["verdicts"]):
         assert row["ratio"] == pytest.approx(row["baseline_ms"] / row["compressed_ms"], rel=1e-3)
-        assert row["verdict"].startswith(("faster by", "SLOWER by"))
+        assert row["verdict"].startswith(("faster by", "SLOWER by", "no measurable difference"))
         assert line in md and line in printed
     # the rewrite table carries the errors the step's RewriteRecord measured (one key name end to end)
     emitted = report["steps"][2]["details"]["layers"][0]
