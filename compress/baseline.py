@@ -1,6 +1,8 @@
 """The original model of a run: loaded from the user's checkpoint, or trained once and cached."""
 from __future__ import annotations
 
+import logging
+
 import hashlib
 import json
 import os
@@ -17,6 +19,8 @@ from .io import atomic_torch_save
 from .models import ModelConfig, build_model, load_checkpoint
 
 __all__ = ["obtain_baseline", "baseline_cache_key", "default_cache_dir"]
+
+LOG = logging.getLogger(__name__)
 
 # Data options that change what a trained baseline learns (loader plumbing like workers does not).
 _DATA_KEYS = ("source", "root", "resize", "channels", "normalize", "augment", "batch_size", "train_subset",
@@ -86,7 +90,7 @@ def obtain_baseline(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: dic
             return model.to(device).eval(), {"source": "cache", "path": str(path), "key": key,
                                              "history": blob.get("history")}
         except Exception as err:  # noqa: BLE001 - a broken cache entry is retrained, not fatal
-            print(f"warning: ignoring unreadable cached baseline {path} ({type(err).__name__}); retraining")
+            LOG.warning(f"ignoring unreadable cached baseline {path} ({type(err).__name__}); retraining")
     history = fit(model, data.train, val_loader=data.val, config=train, device=device, seed=seed, verbose=verbose)
     summary = history.summary() if hasattr(history, "summary") else {}
     if cache and is_main():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import shlex
 import signal
 import sys
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import run_recipe
 
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _console_logging(quiet=args.quiet):
             run_recipe(recipe_path=args.recipe, out=args.resume or args.out, device=args.device,
                        overrides=args.set, force=args.force, resume=bool(args.resume), verbose=not args.quiet)
     except CompressError as err:
@@ -66,6 +67,40 @@ def _resume_command(args: argparse.Namespace, out_dir: Path | None) -> str:
         parts += ["--device", shlex.quote(args.device)]
     parts += [f"--set {shlex.quote(item)}" for item in args.set]
     return " ".join(parts)
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+@contextlib.contextmanager
+def _console_logging(*, quiet: bool) -> Iterator[None]:
+    """While the CLI runs: the package's log lines on the console, INFO on stdout (silenced by ``--quiet``), warnings
+    on stderr as ``warning: ...``. The handlers are removed afterwards (``main`` may be called again in-process)."""
+    logger = logging.getLogger("compress")
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(_Below(logging.WARNING))
+    out.setFormatter(logging.Formatter("%(message)s"))
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    err.setFormatter(logging.Formatter("warning: %(message)s"))
+    previous = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    logger.addHandler(out)
+    logger.addHandler(err)
+    try:
+        yield
+    finally:
+        logger.removeHandler(out)
+        logger.removeHandler(err)
+        logger.setLevel(previous[0])
+        logger.propagate = previous[1]
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """Executes a parsed recipe step by step, with per-step state so a killed run can resume."""
 from __future__ import annotations
 
+import logging
+
 import copy
 import json
 import time
@@ -22,6 +24,8 @@ from .recipe.registry import get_step
 from .recipe.schema import Recipe, load_recipe, recipe_to_data
 
 __all__ = ["run_recipe", "PROGRESS_FILE"]
+
+LOG = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.json"  # inside OUT/state: completed steps and their records
 
@@ -98,7 +102,7 @@ def _run_steps(ctx: RunContext, start: int, verbose: bool) -> None:
         ctx.step_index = index
         spec = get_step(entry.name)
         if verbose and ctx.is_main:
-            print(f"[{index + 1}/{len(ctx.recipe.steps)}] {entry.name}", flush=True)
+            LOG.info(f"[{index + 1}/{len(ctx.recipe.steps)}] {entry.name}")
         seed_everything(ctx.seed + 1000 * (index + 1))
         began = time.perf_counter()
         try:
@@ -111,8 +115,8 @@ def _run_steps(ctx: RunContext, start: int, verbose: bool) -> None:
             rec = ctx.record(entry.name, details, seconds=seconds)
             if verbose and ctx.is_main:
                 m = rec.metrics
-                print(f"    top1 {m.get('top1', float('nan')):.4f}  params {m.get('params')}  macs {m.get('macs')}"
-                      f"  ({seconds:.1f}s)", flush=True)
+                LOG.info(f"    top1 {m.get('top1', float('nan')):.4f}  params {m.get('params')}  macs {m.get('macs')}"
+                         f"  ({seconds:.1f}s)")
         if ctx.is_main:
             _save_progress(ctx, index)
         barrier()
@@ -184,7 +188,7 @@ def _first_step(ctx: RunContext, resume: bool, verbose: bool) -> int:
     start = max(_load_progress(ctx) + 1, 0)
     ctx.state["resume"] = True
     if verbose and ctx.is_main:
-        print(f"resuming {ctx.out_dir} at step {start + 1}/{len(ctx.recipe.steps)}", flush=True)
+        LOG.info(f"resuming {ctx.out_dir} at step {start + 1}/{len(ctx.recipe.steps)}")
     return start
 
 

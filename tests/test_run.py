@@ -83,3 +83,22 @@ def test_resume_after_interrupt_matches_uninterrupted(out, tmp_path, monkeypatch
     assert main([TINY, "--resume", str(out), *args]) == 0
     for (name, a), b in zip(_weights(reference / "model.pt").items(), _weights(out / "model.pt").values()):
         assert torch.equal(a, b), name
+
+
+def test_cli_shows_progress_lines_and_quiet_silences_them(capsys):
+    import logging
+
+    from compress.run import _console_logging
+
+    log = logging.getLogger("compress.runner")
+    with _console_logging(quiet=False):
+        log.info("[1/2] prune")
+        log.warning("cached baseline unreadable")
+    captured = capsys.readouterr()
+    assert captured.out == "[1/2] prune\n" and captured.err == "warning: cached baseline unreadable\n"
+    with _console_logging(quiet=True):
+        log.info("[2/2] report")
+        log.warning("still said")
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "warning: still said\n"
+    assert not logging.getLogger("compress").handlers  # removed again after the run

@@ -32,6 +32,8 @@ verdict that says so loudly when the planned model is slower than the original.
 """
 from __future__ import annotations
 
+import logging
+
 from itertools import islice
 from typing import Any, Iterable
 
@@ -47,6 +49,8 @@ from .search import EMPTY, search
 from .setup import Setup
 
 __all__ = ["plan", "check_target", "DEFAULT_FORMS", "TARGETS"]
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_FORMS = ("prune", "separable", "grouped")
 TARGETS = ("latency", "macs", "params")
@@ -188,5 +192,5 @@ def plan(model: nn.Module, example_inputs: torch.Tensor, *, target: dict[str, fl
     if best.notes and best.notes[-1].startswith(EMPTY):
         result.verdict += "; " + best.notes[-1]
     if verbose:
-        print("\n".join(result.summary_lines()), flush=True)
+        LOG.info("\n".join(result.summary_lines()))
     return result

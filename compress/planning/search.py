@@ -9,6 +9,8 @@ latency target, when no round was measured faster than the original, the plan is
 """
 from __future__ import annotations
 
+import logging
+
 import copy
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,8 @@ from .runner import Runner
 from .setup import Setup, Space
 
 __all__ = ["Round", "search", "layer_choices", "aim", "next_goal", "bracketed", "better", "unchanged", "EMPTY"]
+
+LOG = logging.getLogger(__name__)
 
 
 def layer_choices(problem: Problem, state: State, moves: list[Move], unit: str) -> list[LayerChoice]:
@@ -146,8 +150,8 @@ def search(space: Space, setup: Setup, runner: Runner, result: Plan, *, max_iter
         met = m[metric] <= value + result.tolerance
         result.iterations.append(Iteration(index + 1, goal, predicted, m[metric], met, len(choices)))
         if verbose:
-            print(f"plan round {index + 1}: predicted {predicted:.3f}x, measured {m[metric]:.3f}x of the original "
-                  f"{metric} (target {value:g}x){' - met' if met else ''}", flush=True)
+            LOG.info(f"plan round {index + 1}: predicted {predicted:.3f}x, measured {m[metric]:.3f}x of the original "
+                     f"{metric} (target {value:g}x){' - met' if met else ''}")
         found = Round(met, choices, predicted, m, candidate, notes)
         best = found if better(found, best, metric) else best
         exhausted = predicted > goal + 1e-9 or not moves

@@ -1,6 +1,8 @@
 """The ``report`` recipe step: measure latency baseline vs compressed, then write report.json/.md/.html."""
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,8 @@ from .tables import verdict_lines
 from .write import write_report
 
 __all__ = ["ReportStep", "report_step"]
+
+LOG = logging.getLogger(__name__)
 
 _DEVICES = ("cpu", "cuda")
 
@@ -100,5 +104,5 @@ def report_step(ctx: Any, cfg: ReportStep) -> dict[str, Any]:
     comparisons = measure_latency(ctx, cfg, notes)
     report = build_report(ctx, comparisons=comparisons, notes=notes)
     files = write_report(report, ctx.out_dir, plots=cfg.plots, analysis=ctx.analysis)
-    print(summary_text(report), flush=True)
+    LOG.info(summary_text(report))
     return {"files": [str(p) for p in files], "verdicts": verdict_lines(report)}

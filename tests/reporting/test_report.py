@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import types
 
@@ -37,7 +38,8 @@ def _assert_images_are_pngs(ctx, html: str) -> list[str]:
     return sources
 
 
-def test_report_step_writes_valid_report(tiny_ctx, capsys):
+def test_report_step_writes_valid_report(tiny_ctx, caplog):
+    caplog.set_level(logging.INFO, logger="compress")
     out = report_step(tiny_ctx, parse(ReportStep, QUICK))
     report, md, html = _files(tiny_ctx)
     validate(report)
@@ -54,7 +56,7 @@ def test_report_step_writes_valid_report(tiny_ctx, capsys):
     # one latency row per batch size, each with a verdict that also appears in report.md and the console
     assert [r["batch"] for r in report["latency"]] == [1, 2]
     assert out["verdicts"] and len(out["verdicts"]) == 2
-    printed = capsys.readouterr().out
+    printed = caplog.text  # the summary is logged (the CLI shows it on stdout)
     for row, line in zip(report["latency"], out["verdicts"]):
         assert row["ratio"] == pytest.approx(row["baseline_ms"] / row["compressed_ms"], rel=1e-3)
         assert row["verdict"].startswith(("faster by", "SLOWER by", "no measurable difference"))
