@@ -5,6 +5,8 @@ the held-in training images without augmentation (analysis, BatchNorm re-calibra
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +93,24 @@ def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
 
 
 def _without_augmentation(dataset: Dataset) -> Dataset:
-    """A view of ``dataset`` with augmentation off (val/calib must be deterministic)."""
+    """A view of ``dataset`` with augmentation off (val/calib must be deterministic), for every source.
+
+    In-memory images get a copy with ``augment=False``; a file-backed dataset (ImageFolder) that carries an
+    ``eval_transform`` gets a shallow copy using it; a ``Subset`` is unwrapped and rebuilt on the view.
+    """
     from .tensors import TensorImages
 
+    if isinstance(dataset, Subset):
+        return Subset(_without_augmentation(dataset.dataset), dataset.indices)
     if isinstance(dataset, TensorImages) and dataset.augment:
         return TensorImages(dataset.images, dataset.labels, channels=dataset.channels, augment=False)
+    eval_transform = getattr(dataset, "eval_transform", None)
+    if eval_transform is not None and getattr(dataset, "transform", None) is not eval_transform:
+        view = copy.copy(dataset)
+        view.transform = eval_transform
+        if hasattr(view, "transforms"):  # torchvision VisionDataset applies .transforms, built from .transform
+            from torchvision.datasets.vision import StandardTransform
+
+            view.transforms = StandardTransform(eval_transform, getattr(view, "target_transform", None))
+        return view
     return dataset

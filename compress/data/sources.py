@@ -125,6 +125,7 @@ def _imagefolder(cfg: DataConfig) -> Splits:
     try:
         train = datasets.ImageFolder(str(train_dir), transform=transforms.Compose(train_steps + steps))
         test = datasets.ImageFolder(str(test_dir), transform=transforms.Compose(steps))
+        train.eval_transform = test.transform  # val / calib views read train images without augmentation
     except (FileNotFoundError, RuntimeError) as err:
         raise CompressError(f"data.root: {root}: {err}") from None
     if train.classes != test.classes:

@@ -66,3 +66,27 @@ def test_fashion_mnist_subset_resize_and_channels():
     assert data.sizes == {"train": 500, "val": 100, "test": 200, "calib": 64}
     x, _ = next(iter(data.calib))
     assert abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5  # normalised
+
+
+def test_imagefolder_val_and_calibration_never_see_augmentation(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(5):  # a textured image: a random crop or flip of it differs from the plain resize
+                pixels = (torch.rand(24, 20, 3) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
+    cfg = DataConfig(source="imagefolder", root=str(tmp_path), resize=16, val_size=2, calib_size=4, batch_size=4,
+                     augment=True)
+    data = build_data(cfg)
+    plain = build_data(DataConfig(source="imagefolder", root=str(tmp_path), resize=16, val_size=2, calib_size=4,
+                                  batch_size=4, augment=False))
+    for split in ("val", "calib"):
+        views = [torch.cat([x for x, _ in getattr(d, split)]) for d in (data, data, plain)]
+        torch.testing.assert_close(views[0], views[1])  # deterministic: read twice, the same images
+        torch.testing.assert_close(views[0], views[2])  # and exactly the un-augmented ones
+    train = data.train.dataset
+    first = torch.stack([train[0][0] for _ in range(4)])
+    assert not all(torch.equal(first[0], f) for f in first[1:])  # training itself is still augmented
