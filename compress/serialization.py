@@ -271,22 +271,38 @@ def load(path: str | Path, *, map_location: Any = "cpu",
     return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
 
 
+EXPORT_BATCHES = (1, 8)  # batch sizes an exported program is checked at against eager PyTorch
+EXPORT_RTOL = 1e-4  # largest relative max error accepted between the exported program and eager
+
+
 def export(model: nn.Module, example_inputs: torch.Tensor, path: str | Path) -> dict[str, Path]:
     """Export ``model`` for deployment: ``torch.export`` program at ``path`` (``.pt2``), ONNX next to it if possible.
 
+    The batch dimension is dynamic in both: the program is traced on a batch of 2 (torch.export specialises a
+    size-1 dimension) and checked against eager PyTorch at batch sizes :data:`EXPORT_BATCHES`.
+
     Args:
         model: the model (exported in eval mode; its mode is restored).
-        example_inputs: one input batch, e.g. ``(1, C, H, W)``.
+        example_inputs: one input batch ``(B, C, H, W)``; only its first sample's shape and values are used.
         path: destination of the ``torch.export`` archive.
 
     Returns:
         ``{"torch_export": path}`` plus ``"onnx"`` when the ``onnx`` package is importable and export succeeded.
+
+    Raises:
+        CompressError: the exported program cannot run at another batch size, or its outputs differ from eager by
+            more than :data:`EXPORT_RTOL` (relative to the largest output).
     """
     path = Path(path)
     was_training = model.training
     model.eval()
+    sample = example_inputs[:1]
+    traced_on = sample.expand(2, *sample.shape[1:]).clone()
     try:
-        program = torch.export.export(model, (example_inputs,))
+        batch = torch.export.Dim("batch", min=1)
+        with torch.no_grad():
+            program = torch.export.export(model, (traced_on,), dynamic_shapes=({0: batch},))
+        _check_batches(program.module(), model, sample)
         buffer = io.BytesIO()
         torch.export.save(program, buffer)
         written = {"torch_export": atomic_write_bytes(path, buffer.getvalue())}
@@ -294,6 +310,24 @@ def export(model: nn.Module, example_inputs: torch.Tensor, path: str | Path) -> 
     finally:
         model.train(was_training)
     return written
+
+
+def _check_batches(exported: nn.Module, model: nn.Module, sample: torch.Tensor) -> None:
+    """Raise :class:`CompressError` unless ``exported`` matches ``model`` at every batch in EXPORT_BATCHES."""
+    generator = torch.Generator().manual_seed(0)
+    for size in EXPORT_BATCHES:
+        x = sample + 0.1 * torch.randn(size, *sample.shape[1:], generator=generator).to(sample)
+        with torch.no_grad():
+            try:
+                got = exported(x)
+            except Exception as err:  # noqa: BLE001 - a guard failure is a refusal to run at this batch size
+                raise CompressError(f"export: the exported program does not run at batch {size} "
+                                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+            want = model(x)
+        error = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-12)
+        if error > EXPORT_RTOL:
+            raise CompressError(f"export: the exported program differs from eager PyTorch at batch {size}: "
+                                f"relative max error {error:.2e} > {EXPORT_RTOL:g}")
 
 
 def _export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: Path) -> dict[str, Path]:
