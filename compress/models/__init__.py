@@ -88,9 +88,25 @@ def build_model(spec: ModelConfig | Mapping[str, Any]) -> nn.Module:
     return model
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` state dict (read with the safetensors library, never ``torch.load``)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CompressError(f"model.checkpoint: {path}: reading .safetensors needs the safetensors package "
+                            "(pip install safetensors)") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        raise CompressError(f"model.checkpoint: {path}: not a readable safetensors file "
+                            f"({type(err).__name__}: {err})") from None
+
+
 def _read_checkpoint(path: Path) -> Any:
     if not path.is_file():
         raise CompressError(f"model.checkpoint: {path}: no such file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err_safe:  # noqa: BLE001 - torch raises many kinds for bad files

@@ -87,3 +87,18 @@ def test_truncated_and_missing_checkpoint(tmp_path):
         load_checkpoint(model, path)
     with pytest.raises(CompressError, match="no such file"):
         load_checkpoint(model, tmp_path / "missing.pt")
+
+
+def test_safetensors_checkpoint_is_read_with_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    model = build_model({"name": "compress:small_resnet"})
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    fresh = load_checkpoint(build_model({"name": "compress:small_resnet"}), path)
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CompressError, match="not a readable safetensors file") as info:
+        load_checkpoint(build_model({"name": "compress:small_resnet"}), tmp_path / "cut.safetensors")
+    assert "truncated or corrupted" not in str(info.value)  # not misreported as a broken torch.save file
