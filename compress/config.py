@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 from .errors import ConfigError
 
-__all__ = ["MAX_THREADS", "MAX_BATCH", "MAX_RUNS", "Config", "parse", "check", "to_plain"]
+__all__ = ["MAX_THREADS", "MAX_BATCH", "MAX_RUNS", "Config", "parse", "parse_fields", "check", "to_plain", "join_path"]
 
 T = TypeVar("T", bound="Config")
 
@@ -36,7 +36,14 @@ class Config:
 
     @classmethod
     def from_dict(cls: type[T], data: Any, *, file: str | None = None, path: str = "") -> T:
-        return parse(cls, data, file=file, path=path)
+        """Build the config from plain data, strictly (what :func:`parse` calls; override to parse a config
+        whose keys depend on its values, then use :func:`parse_fields` for the fixed part)."""
+        return parse_fields(cls, data, file=file, path=path)
+
+    def plain_items(self) -> list[tuple[str, Any]]:
+        """``(key, value)`` pairs :func:`to_plain` writes, the inverse of :meth:`from_dict` (default: the
+        fields)."""
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
 
 
 def check(condition: bool, field: str, expected: str, got: Any) -> None:
@@ -45,7 +52,8 @@ def check(condition: bool, field: str, expected: str, got: Any) -> None:
         raise ConfigError(field, expected, got)
 
 
-def _join(path: str, key: str | int) -> str:
+def join_path(path: str, key: str | int) -> str:
+    """``path.key`` (``path[key]`` for list indices and keys that are not plain names)."""
     if isinstance(key, int):
         return f"{path}[{key}]"
     if not key or not key.isprintable() or any(c in key for c in " .[]"):
@@ -92,7 +100,7 @@ def _convert_key(tp: Any, key: Any, path: str, file: str | None) -> Any:
     try:
         return _convert(tp, key, path, file)
     except ConfigError:
-        raise ConfigError(_join(path, str(key)), f"{_describe(tp)} as the key", _got(key), file=file) from None
+        raise ConfigError(join_path(path, str(key)), f"{_describe(tp)} as the key", _got(key), file=file) from None
 
 
 def _convert(tp: Any, value: Any, path: str, file: str | None) -> Any:
@@ -124,13 +132,13 @@ def _convert(tp: Any, value: Any, path: str, file: str | None) -> Any:
             raise ConfigError(path, _describe(tp), _got(value), file=file)
         args = get_args(tp)
         item = args[0] if args else Any
-        items = [_convert(item, v, _join(path, i), file) for i, v in enumerate(value)]
+        items = [_convert(item, v, join_path(path, i), file) for i, v in enumerate(value)]
         return tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(path, "a mapping", _got(value), file=file)
         key_t, val_t = get_args(tp) or (Any, Any)
-        return {_convert_key(key_t, k, path, file): _convert(val_t, v, _join(path, str(k)), file)
+        return {_convert_key(key_t, k, path, file): _convert(val_t, v, join_path(path, str(k)), file)
                 for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
@@ -154,7 +162,7 @@ def _convert(tp: Any, value: Any, path: str, file: str | None) -> Any:
 
 
 def parse(cls: type[T], data: Any, *, file: str | None = None, path: str = "") -> T:
-    """Build ``cls`` from a mapping, strictly.
+    """Build ``cls`` from a mapping, strictly (a :class:`Config` through its :meth:`Config.from_dict`).
 
     Args:
         cls: a dataclass (usually a :class:`Config`).
@@ -165,6 +173,13 @@ def parse(cls: type[T], data: Any, *, file: str | None = None, path: str = "") -
     Raises:
         ConfigError: unknown key, missing required key, wrong type, or a failed :meth:`Config.validate`.
     """
+    if isinstance(cls, type) and issubclass(cls, Config):
+        return cls.from_dict(data, file=file, path=path)
+    return parse_fields(cls, data, file=file, path=path)
+
+
+def parse_fields(cls: type[T], data: Any, *, file: str | None = None, path: str = "") -> T:
+    """:func:`parse` by ``cls``'s dataclass fields alone (keys, types, defaults, then :meth:`Config.validate`)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -173,21 +188,21 @@ def parse(cls: type[T], data: Any, *, file: str | None = None, path: str = "") -
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise ConfigError(_join(path, str(unknown[0])), "one of the keys " + ", ".join(fields), "an unknown key",
+        raise ConfigError(join_path(path, str(unknown[0])), "one of the keys " + ", ".join(fields), "an unknown key",
                           file=file)
     kwargs = {}
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], _join(path, name), file)
+            kwargs[name] = _convert(hints[name], data[name], join_path(path, name), file)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(_join(path, name), f"a value ({_describe(hints[name])})", "nothing (missing)",
+            raise ConfigError(join_path(path, name), f"a value ({_describe(hints[name])})", "nothing (missing)",
                               file=file)
-    obj = cls(**kwargs)
-    if isinstance(obj, Config):
-        try:
+    try:
+        obj = cls(**kwargs)  # configs that validate on construction raise here
+        if isinstance(obj, Config):
             obj.validate()
-        except ConfigError as err:
-            raise err.located(file, path) from None
+    except ConfigError as err:
+        raise err.located(file, path) from None
     return obj
 
 
@@ -199,6 +214,8 @@ def to_plain(obj: Any, *, str_keys: bool = True) -> Any:
         str_keys: turn mapping keys into strings, as a JSON round trip would (``False`` keeps them, so that
             parsing the result gives back ``obj``).
     """
+    if isinstance(obj, Config):
+        return {k: to_plain(v, str_keys=str_keys) for k, v in obj.plain_items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_plain(getattr(obj, f.name), str_keys=str_keys) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

@@ -175,7 +175,7 @@ CASES = [
     Case("ratio-above-1", _steps([{"prune": {"ratio": 1.5}}]),
          "recipe.yaml: steps[0].prune.ratio: expected a channel ratio in (0, 1) or null, got 1.5"),
     Case("groups-0", _steps([{"rewrite": {"kind": "grouped", "groups": 0}}]),
-         "recipe.yaml: steps[0].rewrite.groups: expected an integer >= 2 or 'auto', got 0"),
+         "recipe.yaml: steps[0].rewrite.groups: expected an integer >= 1 or 'auto', got 0"),
     Case("negative-baseline-epochs", _edit(lambda r: r["baseline"]["train"].update(epochs=-1)),
          "recipe.yaml: baseline.train.epochs: expected a number >= 0, got -1.0"),
     Case("unknown-step-option", _steps([{"calibrate": {"max_batch": 1}}]),

@@ -7,7 +7,6 @@ off on a device is then *measured* (:mod:`compress.planning.table`), not assumed
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,38 +14,48 @@ import torch
 from torch import nn
 
 from ..errors import CompressError
+from ..transforms.rewrite.registry import RewriteConfig, config_for_kind, planner_kinds
 from .shapes import ConvShape
 
-__all__ = ["FORM_KINDS", "REWRITE_KINDS", "BLOCK_KINDS", "Form", "aligned_widths", "default_align", "rewrite_forms",
-           "check_forms", "MIN_REWRITE_CHANNELS"]
+__all__ = ["form_kinds", "rewrite_kinds", "BLOCK_KINDS", "Form", "aligned_widths", "default_align",
+           "rewrite_forms", "check_forms", "MIN_REWRITE_CHANNELS"]
 
-REWRITE_KINDS = ("grouped", "separable", "shuffle", "bottleneck")
 BLOCK_KINDS = ("drop",)  # whole residual blocks replaced by the identity (compress.planning.blocks)
-FORM_KINDS = ("prune",) + REWRITE_KINDS + BLOCK_KINDS
-
-_VALUES: dict[str, tuple] = {"grouped": (2, 4, 8), "separable": (1, 2, 4), "shuffle": (2, 4, 8),
-                             "bottleneck": (0.25, 0.5)}
 
 # Rewriting very narrow convs saves next to nothing and costs a large share of their (few) channels.
 MIN_REWRITE_CHANNELS = 16
 
 
+def rewrite_kinds() -> tuple[str, ...]:
+    """The rewrite kinds the planner can use: every registered kind with ``planner_values``."""
+    return tuple(planner_kinds())
+
+
+def form_kinds() -> tuple[str, ...]:
+    """Every ``forms`` entry a plan accepts: ``prune``, the planner's rewrite kinds and the block forms."""
+    return ("prune",) + rewrite_kinds() + BLOCK_KINDS
+
+
 def check_forms(forms: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Validate a ``forms`` option: a non-empty subset of :data:`FORM_KINDS`."""
+    """Validate a ``forms`` option: a non-empty subset of :func:`form_kinds`."""
     forms = tuple(forms)
-    bad = [f for f in forms if f not in FORM_KINDS]
+    known = form_kinds()
+    bad = [f for f in forms if f not in known]
     if not forms or bad:
-        raise CompressError(f"plan forms: expected a non-empty subset of {', '.join(FORM_KINDS)}, got {list(forms)}")
+        raise CompressError(f"plan forms: expected a non-empty subset of {', '.join(known)}, got {list(forms)}")
     return forms
 
 
 @dataclass(frozen=True)
 class Form:
-    """One rewrite of a dense conv.
+    """One rewrite of a dense conv: a registered kind and one of its ``planner_values``.
+
+    Every figure is the kind's own (:class:`~compress.transforms.rewrite.registry.RewriteConfig`'s ``form_*``
+    methods), so a kind is described in one place.
 
     Attributes:
-        kind: ``"grouped"`` (``value`` = groups), ``"separable"`` (depthwise multiplier ``T``), ``"shuffle"``
-            (groups; 1x1 convs only) or ``"bottleneck"`` (rank as a fraction of the input channels).
+        kind: a registered rewrite kind (e.g. ``"grouped"``: ``value`` = groups; ``"separable"``: the depthwise
+            multiplier ``T``; ``"bottleneck"``: the rank as a fraction of the input channels).
         value: the kind's parameter.
     """
 
@@ -57,91 +66,42 @@ class Form:
     def key(self) -> str:
         return f"{self.kind}:{self.value}"
 
+    @property
+    def config(self) -> type[RewriteConfig]:
+        """The kind's config class."""
+        return config_for_kind(self.kind)
+
     @classmethod
     def parse(cls, key: str) -> "Form":
         kind, _, value = key.partition(":")
-        return cls(kind, float(value) if kind == "bottleneck" else int(value))
-
-    def rank(self, in_channels: int) -> int:
-        """Bottleneck width for ``in_channels`` inputs."""
-        return max(1, round(self.value * in_channels))
+        return cls(kind, int(value) if value.lstrip("-").isdigit() else float(value))
 
     def params(self, in_channels: int) -> dict[str, Any]:
         """Keyword options for :func:`compress.transforms.rewrite.apply.rewrite` at ``in_channels`` inputs."""
-        if self.kind == "bottleneck":
-            return {"rank": self.rank(in_channels)}
-        return {"T": self.value} if self.kind == "separable" else {"groups": self.value}
+        return self.config.form_options(self.value, in_channels)
 
     def fits(self, shape: ConvShape) -> bool:
         """Whether this rewrite is defined for a dense conv of ``shape`` (divisibility, kernel size)."""
         if shape.groups != 1 or not isinstance(shape.padding, tuple):
             return False
-        n, m, k2 = shape.out_channels, shape.in_channels, shape.kernel[0] * shape.kernel[1]
-        if self.kind == "grouped":
-            return n % self.value == 0 and m % self.value == 0
-        if self.kind == "separable":
-            return k2 > 1 and self.value <= k2
-        if self.kind == "shuffle":
-            return k2 == 1 and n % self.value == 0 and m % self.value == 0
-        return self.rank(m) < m  # bottleneck: a rank of M would save nothing
+        return self.config.form_fits(shape, self.value)
 
     def macs(self, shape: ConvShape) -> int:
         """Per-sample multiply-accumulates of the rewritten conv (bias adds not counted)."""
-        n, m, k2 = shape.out_channels, shape.in_channels, shape.kernel[0] * shape.kernel[1]
-        hw_out, hw_in = shape.out_positions(), shape.in_positions()
-        if self.kind == "grouped":
-            return hw_out * k2 * m * n // self.value
-        if self.kind == "separable":
-            return hw_out * m * self.value * (k2 + n)
-        if self.kind == "shuffle":
-            return hw_out * n * (m + n) // self.value
-        r = self.rank(m)
-        return hw_in * m * r + hw_out * k2 * r * n
+        return self.config.form_macs(shape, self.value)
 
     def param_count(self, shape: ConvShape) -> int:
-        n, m, k2 = shape.out_channels, shape.in_channels, shape.kernel[0] * shape.kernel[1]
-        bias = n if shape.bias else 0
-        if self.kind == "grouped":
-            return k2 * m * n // self.value + bias
-        if self.kind == "separable":
-            return m * self.value * (k2 + n) + bias
-        if self.kind == "shuffle":
-            return n * (m + n) // self.value + bias
-        r = self.rank(m)
-        return m * r + k2 * r * n + bias
+        return self.config.form_params(shape, self.value)
+
+    def error2(self, conv: nn.Conv2d, *, moments: torch.Tensor | None = None) -> float:
+        """Squared relative error of rewriting the real ``conv`` into this form (``moments``: its input patch
+        moments, read by data-aware kinds)."""
+        return self.config.form_error2(conv, self.value, moments=moments)
 
     def module(self, shape: ConvShape, *, device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.float32) -> nn.Module:
-        """The replacement the transforms build for a conv of ``shape`` (random weights, for timing).
-
-        Separable, shuffle and bottleneck forms come from :mod:`compress.transforms` itself. A grouped form is
-        built as :func:`~compress.transforms.to_grouped` lays it out, channel permutes included (random ones):
-        they are folded into neighbours only where that is exact, which fails next to another grouped conv, so
-        timing them is the honest default (a fold that succeeds only makes the plan faster than predicted).
-        """
-        if self.kind == "grouped":
-            return _grouped(shape, self.value, device=device, dtype=dtype)
-        from ..transforms import to_bottleneck, to_separable, to_shuffled
-
-        conv = shape.build(device=device)  # float32: the transforms' SVD initialisation needs a float weight
-        if self.kind == "separable":
-            new = to_separable(conv, self.value)
-        elif self.kind == "shuffle":
-            new = to_shuffled(conv, self.value)
-        else:
-            new = to_bottleneck(conv, self.rank(shape.in_channels))
-        return new.to(dtype=dtype)
-
-
-def _grouped(shape: ConvShape, groups: int, *, device: torch.device | str, dtype: torch.dtype) -> nn.Sequential:
-    """``permute_in -> grouped conv -> permute_out``, the layout of :func:`compress.transforms.to_grouped`."""
-    from ..transforms.modules import ChannelPermute
-
-    conv = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, stride=shape.stride, padding=shape.padding,
-                     dilation=shape.dilation, groups=groups, bias=shape.bias, device=device, dtype=dtype)
-    return nn.Sequential(OrderedDict([("permute_in", ChannelPermute(torch.randperm(shape.in_channels))),
-                                      ("conv", conv),
-                                      ("permute_out", ChannelPermute(torch.randperm(shape.out_channels)))])).to(device)
+        """The replacement the transforms build for a conv of ``shape`` (random weights, for timing)."""
+        return self.config.form_module(shape, self.value, device=device, dtype=dtype)
 
 
 def aligned_widths(channels: int, *, align: int, min_keep: float = 0.25, max_widths: int = 8) -> list[int]:
@@ -184,5 +144,6 @@ def rewrite_forms(shape: ConvShape, kinds: tuple[str, ...]) -> list[Form]:
     """The rewrites among ``kinds`` that fit a conv of ``shape`` (none for narrow or non-dense convs)."""
     if shape.groups != 1 or min(shape.in_channels, shape.out_channels) < MIN_REWRITE_CHANNELS:
         return []
-    forms = [Form(kind, value) for kind in REWRITE_KINDS if kind in kinds for value in _VALUES[kind]]
+    forms = [Form(kind, value) for kind in rewrite_kinds() if kind in kinds
+             for value in config_for_kind(kind).planner_values]
     return [f for f in forms if f.fits(shape)]

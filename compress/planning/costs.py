@@ -32,12 +32,9 @@ from torch import nn
 from .candidates import Form
 from .groups import ChannelGroup
 
-__all__ = ["removal_order", "rewrite_cost", "loss_ratio", "OFFSET_WEIGHT", "EXACT_GROUPING_MAX_CHANNELS"]
+__all__ = ["removal_order", "rewrite_cost", "loss_ratio", "OFFSET_WEIGHT"]
 
 OFFSET_WEIGHT = 0.1
-# Co-clustering wider convs takes seconds per candidate; beyond this the contiguous-block grouping (a lower
-# bound on the energy the grouped rewrite keeps) prices the candidate instead.
-EXACT_GROUPING_MAX_CHANNELS = 256
 
 
 def loss_ratio(lost: float) -> float:
@@ -105,19 +102,6 @@ def removal_order(group: ChannelGroup, analysis: Any = None, *, limit: int,
     return order, cumulative
 
 
-def _grouped_error2(conv: nn.Conv2d, groups: int) -> float:
-    from ..transforms.rewrite.cocluster import kept_energy
-    from ..transforms.rewrite.kinds.grouped import GroupedConfig, channel_energy
-
-    if max(conv.in_channels, conv.out_channels) <= EXACT_GROUPING_MAX_CHANNELS:
-        kept = GroupedConfig.plan(conv, groups=groups).describe(conv)["energy_kept"]
-    else:
-        n, m = conv.out_channels, conv.in_channels
-        rows, cols = torch.arange(n) // (n // groups), torch.arange(m) // (m // groups)
-        kept = kept_energy(channel_energy(conv), rows, cols)
-    return max(0.0, 1.0 - float(kept))
-
-
 def rewrite_cost(conv: nn.Conv2d, form: Form, *, moments: torch.Tensor | None = None) -> float:
     """:func:`loss_ratio` of the squared relative error of rewriting ``conv`` (real weights) into ``form``.
 
@@ -128,23 +112,4 @@ def rewrite_cost(conv: nn.Conv2d, form: Form, *, moments: torch.Tensor | None = 
             (:func:`compress.transforms.rewrite.patch_stats.capture_patch_moments`): a separable form is then priced by
             its expected output error on that data; other forms ignore them.
     """
-    return loss_ratio(_error2(conv, form, moments))
-
-
-def _error2(conv: nn.Conv2d, form: Form, moments: torch.Tensor | None) -> float:
-    if form.kind == "grouped":
-        return _grouped_error2(conv, form.value)
-    if form.kind == "separable":
-        from ..transforms.rewrite.kinds.separable import separable_errors
-
-        return float(separable_errors(conv, moments=moments)[form.value]) ** 2
-    if form.kind == "bottleneck":
-        from ..transforms.rewrite.kinds.bottleneck import bottleneck_errors
-
-        return float(bottleneck_errors(conv)[form.rank(conv.in_channels)]) ** 2
-    from ..transforms.rewrite.decompose import relative_error
-    from ..transforms.rewrite.kinds.shuffle import shuffle_effective_weight, to_shuffled
-
-    with torch.no_grad():
-        new = to_shuffled(conv, form.value)
-        return relative_error(shuffle_effective_weight(new), conv.weight) ** 2
+    return loss_ratio(form.error2(conv, moments=moments))

@@ -101,7 +101,7 @@ class Problem:
         todo = [s for s in self.sites.values() if s.forms]
         for site in todo:
             site.forms = [f for f in site.forms if saves(site, f)]
-        moments = _separable_moments(model, modules, todo, calib, verbose)
+        moments = _input_moments(model, modules, todo, calib, verbose)
         for site in tqdm(todo, desc="rewrite costs", leave=False, disable=not verbose):
             site.form_costs = {f.key: rewrite_cost(modules[site.name], f, moments=moments.get(site.name))
                                for f in site.forms}
@@ -116,10 +116,10 @@ class Problem:
         return out
 
 
-def _separable_moments(model: nn.Module, modules: dict[str, nn.Module], sites: list[Site], calib: list | None,
+def _input_moments(model: nn.Module, modules: dict[str, nn.Module], sites: list[Site], calib: list | None,
                        verbose: bool) -> dict[str, torch.Tensor]:
-    """Input patch moments of the convs that may become separable (none without ``calib``)."""
-    convs = {s.name: modules[s.name] for s in sites if any(f.kind == "separable" for f in s.forms)}
+    """Input patch moments of the convs a data-aware form may rewrite (none without ``calib``)."""
+    convs = {s.name: modules[s.name] for s in sites if any(f.config.reads_inputs for f in s.forms)}
     if not calib or not convs:
         return {}
     from ..transforms.rewrite.patch_stats import capture_patch_moments

@@ -14,7 +14,7 @@ from ..config import MAX_BATCH, Config, check
 from ..measurement.timing import DTYPE_NAMES
 from ..recipe.registry import register_step
 from .apply import apply_plan
-from .candidates import FORM_KINDS
+from .candidates import form_kinds
 from .planner import TARGETS, plan
 
 __all__ = ["PlanStep", "plan_step"]
@@ -58,8 +58,9 @@ class PlanStep(Config):
         check(0.0 < value <= 1.0, f"target.{keys[0]}", "a fraction in (0, 1]", value)
         check(1 <= self.batch <= MAX_BATCH, "batch", f"an integer in 1..{MAX_BATCH}", self.batch)
         check(self.dtype in DTYPE_NAMES, "dtype", f"one of {', '.join(DTYPE_NAMES)}", self.dtype)
-        check(len(self.forms) > 0 and all(f in FORM_KINDS for f in self.forms), "forms",
-              f"a non-empty list of {', '.join(FORM_KINDS)}", "<" + ", ".join(self.forms) + ">")
+        known = form_kinds()
+        check(len(self.forms) > 0 and all(f in known for f in self.forms), "forms",
+              f"a non-empty list of {', '.join(known)}", "<" + ", ".join(self.forms) + ">")
         check(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)
         check(self.max_iters >= 1, "max_iters", "an integer >= 1", self.max_iters)
         check(self.align is None or self.align >= 1, "align", "null or an integer >= 1", self.align)

@@ -66,5 +66,5 @@ def test_handler_plans_applies_and_reports(tmp_path, x):
     assert details["choices"] and details["summary"][0] == details["verdict"]
     assert details["latency"]["batch"] == 2 and details["latency"]["bn_folded"] is True  # the step's default
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ctx.model.modules())  # the model keeps its BNs
-    assert "faster by" in details["verdict"] or "SLOWER by" in details["verdict"]
+    assert any(v in details["verdict"] for v in ("faster by", "SLOWER by", "no measurable difference"))
     assert ctx.analysis is None and ctx.model(x).shape == (1, 10)

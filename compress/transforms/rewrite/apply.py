@@ -87,7 +87,8 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
 
     Args:
         model: the model, modified in place.
-        kind: ``"grouped"``, ``"separable"``, ``"shuffle"``, ``"dilated"`` or ``"bottleneck"``.
+        kind: a registered kind (:func:`~compress.transforms.rewrite.registry.kinds`): ``"grouped"``,
+            ``"separable"``, ``"shuffle"``, ``"dilated"``, ``"bottleneck"`` or one a plug-in registered.
         layers: exact qualified module names.
         analysis: a :class:`compress.analysis.Analysis` of this model; grouped rewrites order output channels by
             the layer's correlation partition and, given ``example_inputs``, input channels by the partition of
@@ -107,12 +108,14 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
             ``example_inputs``, more MACs) than the dense conv, e.g. a bottleneck of rank M/2 on a narrow 1x1;
             by default such layers are skipped with the reason (their record keeps the measured figures).
         verbose: show a progress bar.
-        **params: the kind's options: grouped ``groups`` (int or ``"auto"``), ``energy_threshold``;
-            separable ``T``, ``max_error`` or ``macs_target`` (the whole model's MACs after the rewrite as a fraction
-            of before, in ``(0, 1]``; the multipliers are allocated across layers to minimise the summed squared
-            relative errors, see :mod:`compress.transforms.rewrite.allocate`; needs ``example_inputs``); shuffle
-            ``groups``, ``width``; dilated ``dilation``;
-            bottleneck ``rank``, ``rank_ratio`` or ``max_error``.
+        **params: the kind's options, the fields of its ``Options`` class (e.g.
+            :class:`~compress.transforms.rewrite.kinds.separable.SeparableOptions`), parsed strictly: grouped
+            ``groups`` (int or ``"auto"``), ``energy_threshold``; separable ``T``, ``max_error`` or
+            ``macs_target`` (the whole model's MACs after the rewrite as a fraction of before, in ``(0, 1]``;
+            allocated across layers at the least summed squared relative error, see
+            :mod:`compress.transforms.rewrite.allocate`; needs ``example_inputs``; kinds with a
+            ``budget_options``); shuffle ``groups``, ``width``; dilated ``dilation``; bottleneck ``rank``,
+            ``rank_ratio`` or ``max_error``.
 
     Returns:
         One :class:`RewriteRecord` per reported layer, in module order.
@@ -122,11 +125,7 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
             nothing, a ``macs_target`` without ``example_inputs`` or below the cheapest rewrite.
     """
     config_cls = config_for_kind(kind)
-    unknown = sorted(set(params) - set(config_cls.options))
-    if unknown:
-        raise CompressError(f"rewrite kind {kind!r} takes options {', '.join(config_cls.options)}; "
-                            f"got unknown {', '.join(unknown)}")
-    config_cls.check_options(**params)
+    params = config_cls.parse_options(params).kwargs()
     macs_target = params.pop("macs_target", None)
     if macs_target is not None and example_inputs is None:
         raise CompressError("rewrite: macs_target needs example_inputs (to count MACs)")

@@ -14,109 +14,75 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
-from ...config import Config, check
+from ...config import Config, check, join_path, parse, parse_fields
 from ...errors import CompressError, ConfigError
 from ...recipe.registry import register_step
+from .registry import KindOptions, config_for_kind, kinds
 
 __all__ = ["RewriteStep", "run_rewrite"]
 
-# Options each kind reads; any other option set to a non-default value is a recipe mistake.
-_KIND_OPTIONS: dict[str, tuple[str, ...]] = {
-    "grouped": ("groups", "energy_threshold"),
-    "separable": ("T", "max_error", "macs_target"),
-    "shuffle": ("groups", "width"),
-    "dilated": ("dilation",),
-    "bottleneck": ("rank", "rank_ratio", "max_error"),
-}
-_EXCLUSIVE: dict[str, tuple[str, ...]] = {
-    "separable": ("T", "max_error", "macs_target"),
-    "bottleneck": ("rank", "rank_ratio", "max_error"),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class RewriteStep(Config):
-    """Options of the ``rewrite`` step.
+    """Options of the ``rewrite`` step: the ones every kind shares, plus the kind's own, flat in the recipe.
 
     Attributes:
-        kind: the rewrite.
+        kind: a registered rewrite kind (:func:`~compress.transforms.rewrite.registry.kinds`).
         layers: fnmatch patterns over module names; empty: every eligible conv.
         exclude: fnmatch patterns of modules to leave alone.
         min_channels: convs with fewer input or output channels are left alone.
-        groups: grouped: an integer or ``"auto"`` (default ``"auto"``); shuffle: an integer (required).
-        T: separable: depthwise channel multiplier (default 1).
-        max_error: separable/bottleneck: per-layer relative error budget choosing T / rank (separable with
-            calibration data: the expected output error; otherwise the weight error).
-        macs_target: separable: the model's MACs after the step as a fraction of before, in ``(0, 1]``; T is
-            allocated across layers to minimise the summed squared relative output errors.
-        calib_batches: separable: calibration batches whose input patch statistics make the factorisation (and
-            ``max_error`` / ``macs_target``) data-aware; 0: data-free (weights only).
-        rank: bottleneck: projection width.
-        rank_ratio: bottleneck: projection width as a fraction of the input channels (default 0.5).
-        dilation: dilated: tap spacing in kernel-index units (default ``(K-1)/2``, same receptive field).
-        width: shuffle: hidden channels between the grouped 1x1s (default: the conv's output channels).
-        energy_threshold: grouped with ``groups: auto``: minimum fraction of weight energy kept.
+        calib_batches: calibration batches whose input patch statistics make data-aware kinds (separable:
+            the factorisation, ``max_error`` and ``macs_target``) use the expected output error; 0: data-free.
+        options: the kind's options (its ``Options`` class, e.g. separable ``T`` / ``max_error`` /
+            ``macs_target``, grouped ``groups`` / ``energy_threshold``), given in the recipe beside ``kind``.
     """
 
-    kind: Literal["grouped", "separable", "shuffle", "dilated", "bottleneck"]
+    kind: str
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     min_channels: int = 16
-    groups: int | str | None = None
-    T: int | None = None
-    max_error: float | None = None
-    macs_target: float | None = None
     calib_batches: int = 8
-    rank: int | None = None
-    rank_ratio: float | None = None
-    dilation: int | None = None
-    width: int | None = None
-    energy_threshold: float = 0.9
+    options: KindOptions | None = None
 
     def validate(self) -> None:
+        check(self.kind in kinds(), "kind", "one of " + ", ".join(repr(k) for k in kinds()), self.kind)
         check(self.min_channels >= 1, "min_channels", "an integer >= 1", self.min_channels)
-        check(0.0 < self.energy_threshold <= 1.0, "energy_threshold", "a number in (0, 1]", self.energy_threshold)
         check(self.calib_batches >= 0, "calib_batches", "an integer >= 0", self.calib_batches)
-        allowed = _KIND_OPTIONS[self.kind]
-        for name in ("groups", "T", "max_error", "macs_target", "rank", "rank_ratio", "dilation", "width"):
-            value = getattr(self, name)
-            check(value is None or name in allowed, name, f"null (not an option of kind {self.kind!r})", value)
-        given = [n for n in _EXCLUSIVE.get(self.kind, ()) if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise ConfigError(given[1], f"null when {given[0]} is set (give only one of {', '.join(given)})",
-                              getattr(self, given[1]))
-        self._validate_values()
 
-    def _validate_values(self) -> None:
-        if self.kind == "grouped":
-            check(self.groups is None or self.groups == "auto" or (isinstance(self.groups, int) and self.groups >= 2),
-                  "groups", "an integer >= 2 or 'auto'", self.groups)
-        if self.kind == "shuffle":
-            check(isinstance(self.groups, int) and self.groups >= 2, "groups", "an integer >= 2", self.groups)
-        for name in ("T", "rank", "dilation", "width"):
-            value = getattr(self, name)
-            check(value is None or value >= 1, name, "an integer >= 1", value)
-        check(self.max_error is None or 0.0 <= self.max_error < 1.0, "max_error", "a number in [0, 1)",
-              self.max_error)
-        check(self.macs_target is None or 0.0 < self.macs_target <= 1.0, "macs_target",
-              "a fraction of the model's MACs in (0, 1]", self.macs_target)
-        check(self.rank_ratio is None or 0.0 < self.rank_ratio <= 1.0, "rank_ratio", "a number in (0, 1]",
-              self.rank_ratio)
+    @classmethod
+    def from_dict(cls, data: Any, *, file: str | None = None, path: str = "") -> "RewriteStep":
+        """The shared keys parse into the step, the others into the kind's ``Options`` (one wording)."""
+        shared = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
+        if not isinstance(data, dict) or "kind" not in data:
+            return parse_fields(cls, data, file=file, path=path)  # the generic "missing"/"a mapping" errors
+        kind = data["kind"]
+        if not isinstance(kind, str) or kind not in kinds():
+            raise ConfigError(join_path(path, "kind"), "one of " + ", ".join(repr(k) for k in kinds()), kind,
+                              file=file)
+        options_cls = config_for_kind(kind).Options
+        own = [f.name for f in dataclasses.fields(options_cls)]
+        unknown = [k for k in data if k not in shared and k not in own]
+        if unknown:
+            raise ConfigError(join_path(path, str(unknown[0])), f"one of the keys {', '.join(shared + own)} "
+                              f"(kind {kind!r})", "an unknown key", file=file)
+        step = parse_fields(cls, {k: v for k, v in data.items() if k in shared}, file=file, path=path)
+        options = parse(options_cls, {k: v for k, v in data.items() if k in own}, file=file, path=path)
+        return dataclasses.replace(step, options=options)
 
-    def options(self) -> dict[str, Any]:
-        """Keyword options for :func:`compress.transforms.rewrite.apply.rewrite` (unset ones omitted)."""
-        opts = {n: getattr(self, n) for n in _KIND_OPTIONS[self.kind] if getattr(self, n) is not None}
-        if self.kind == "grouped":
-            opts.setdefault("groups", "auto")
-        return opts
+    def plain_items(self) -> list[tuple[str, Any]]:
+        items = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "options"]
+        return items + (self.options.plain_items() if self.options is not None else [])
+
+    def kind_options(self) -> KindOptions:
+        """The kind's options (its defaults when the step was built without them)."""
+        return self.options if self.options is not None else config_for_kind(self.kind).Options()
 
 
 def _calibration(ctx: Any, cfg: RewriteStep) -> list[Any] | None:
     """The first ``calib_batches`` calibration images on the model's device, for kinds that read them."""
     loader = getattr(getattr(ctx, "data", None), "calib", None)
-    if cfg.kind != "separable" or cfg.calib_batches == 0 or loader is None:
+    if not config_for_kind(cfg.kind).reads_inputs or cfg.calib_batches == 0 or loader is None:
         return None
     return [images.to(ctx.example_inputs.device) for images, *_ in itertools.islice(loader, cfg.calib_batches)]
 
@@ -130,7 +96,7 @@ def run_rewrite(ctx: Any, cfg: RewriteStep) -> dict[str, Any]:
 
     records = rewrite(ctx.model, cfg.kind, include=cfg.layers, exclude=cfg.exclude, min_channels=cfg.min_channels,
                       analysis=ctx.analysis, example_inputs=ctx.example_inputs, calib=_calibration(ctx, cfg),
-                      **cfg.options())
+                      **cfg.kind_options().kwargs())
     # A layer named exactly (no wildcard) is a request for that layer: failing it is an error, not a skip.
     named = {p for p in cfg.layers if not any(c in p for c in "*?[")}
     refused = [f"{r.layer}: {r.skipped}" for r in records if r.skipped and r.layer in named]

@@ -38,7 +38,7 @@ def test_valid_options_parse(data):
     ({"kind": "shuffle"}, "groups"),
     ({"kind": "shuffle", "groups": "auto"}, "groups"),
     ({"kind": "grouped", "groups": "many"}, "groups"),
-    ({"kind": "grouped", "groups": 1}, "groups"),
+    ({"kind": "grouped", "groups": 0}, "groups"),
     ({"kind": "separable", "T": 0}, "T"),
     ({"kind": "bottleneck", "rank_ratio": 1.5}, "rank_ratio"),
     ({"kind": "bottleneck", "max_error": 1.0}, "max_error"),
@@ -54,9 +54,12 @@ def test_invalid_options_name_the_field(data, field):
 
 
 def test_options_passed_to_the_applier():
-    assert parse(RewriteStep, {"kind": "grouped"}).options() == {"groups": "auto", "energy_threshold": 0.9}
-    assert parse(RewriteStep, {"kind": "separable", "max_error": 0.2}).options() == {"max_error": 0.2}
-    assert parse(RewriteStep, {"kind": "dilated"}).options() == {}
+    def options(data):
+        return parse(RewriteStep, data).kind_options().kwargs()
+
+    assert options({"kind": "grouped"}) == {"groups": "auto", "energy_threshold": 0.9}
+    assert options({"kind": "separable", "max_error": 0.2}) == {"T": None, "max_error": 0.2, "macs_target": None}
+    assert options({"kind": "dilated"}) == {"dilation": None}
 
 
 def test_step_is_registered(monkeypatch):

@@ -92,5 +92,5 @@ def test_rejects_T_beyond_kernel_taps_and_invalid_config():
         to_separable(_conv(), 10)
     with pytest.raises(CompressError):
         SeparableConfig(T=0)
-    with pytest.raises(CompressError, match="not both"):
+    with pytest.raises(CompressError, match="null when T is set"):
         SeparableConfig.plan(_conv(), T=2, max_error=0.1)

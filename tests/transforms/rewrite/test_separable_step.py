@@ -15,7 +15,7 @@ from compress.transforms.rewrite.step import RewriteStep, run_rewrite
 
 def test_macs_target_parses_and_reaches_the_applier():
     cfg = parse(RewriteStep, {"kind": "separable", "macs_target": 0.6})
-    assert cfg.options() == {"macs_target": 0.6} and cfg.calib_batches == 8
+    assert cfg.kind_options().kwargs() == {"T": None, "max_error": None, "macs_target": 0.6} and cfg.calib_batches == 8
     assert parse(RewriteStep, {"kind": "separable", "macs_target": 1, "calib_batches": 0}).calib_batches == 0
 
 

@@ -82,7 +82,7 @@ def test_rejects_bad_groups():
         to_shuffled(nn.Conv2d(8, 8, 1), 4, width=6)
     with pytest.raises(CompressError, match="in_channels"):
         to_shuffled(nn.Conv2d(6, 8, 1), 4)
-    with pytest.raises(CompressError, match="required"):
+    with pytest.raises(CompressError, match="groups: expected an integer >= 2"):
         ShuffleConfig.plan(nn.Conv2d(8, 8, 1))
     with pytest.raises(CompressError):
         ShuffleConfig(groups=0)

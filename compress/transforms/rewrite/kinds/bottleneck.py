@@ -18,9 +18,33 @@ from torch import nn
 from ....config import check
 from ....errors import CompressError
 from ..decompose import smallest_rank, tail_errors
-from ..registry import RewriteConfig, apply_config, conv_problem, register_handler
+from ..registry import KindOptions, RewriteConfig, apply_config, conv_problem, register_handler
 
-__all__ = ["BottleneckConfig", "to_bottleneck", "bottleneck_errors", "bottleneck_effective_weight"]
+__all__ = ["BottleneckConfig", "BottleneckOptions", "to_bottleneck", "bottleneck_errors", "bottleneck_effective_weight"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckOptions(KindOptions):
+    """Options of the bottleneck rewrite (give at most one; none: ``rank_ratio = 0.5``).
+
+    Attributes:
+        rank: projection width, an integer >= 1.
+        rank_ratio: projection width as a fraction of the input channels, in ``(0, 1]``.
+        max_error: per-layer relative weight error budget in ``[0, 1)`` choosing the smallest rank.
+    """
+
+    rank: int | None = None
+    rank_ratio: float | None = None
+    max_error: float | None = None
+
+    def validate(self) -> None:
+        self.exclusive("rank", "rank_ratio", "max_error")
+        check(self.rank is None or (isinstance(self.rank, int) and self.rank >= 1), "rank", "an integer >= 1",
+              self.rank)
+        check(self.rank_ratio is None or 0.0 < self.rank_ratio <= 1.0, "rank_ratio", "a number in (0, 1]",
+              self.rank_ratio)
+        check(self.max_error is None or 0.0 <= self.max_error < 1.0, "max_error", "a number in [0, 1)",
+              self.max_error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +56,8 @@ class BottleneckConfig(RewriteConfig):
     """
 
     kind = "bottleneck"
-    options = ("rank", "rank_ratio", "max_error")
+    Options = BottleneckOptions
+    planner_values = (0.25, 0.5)
 
     rank: int = 1
 
@@ -66,14 +91,27 @@ class BottleneckConfig(RewriteConfig):
         return cls(rank=rank)
 
     @classmethod
-    def check_options(cls, rank: int | None = None, rank_ratio: float | None = None,
-                      max_error: float | None = None) -> None:
-        if sum(v is not None for v in (rank, rank_ratio, max_error)) > 1:
-            raise CompressError("bottleneck rewrite: give only one of rank, rank_ratio, max_error")
-        if rank_ratio is not None and not 0.0 < rank_ratio <= 1.0:
-            raise CompressError(f"bottleneck rewrite: rank_ratio must be in (0, 1], got {rank_ratio}")
-        if max_error is not None and not 0.0 <= max_error < 1.0:
-            raise CompressError(f"bottleneck rewrite: max_error must be in [0, 1), got {max_error}")
+    def form_options(cls, value: int | float, in_channels: int) -> dict[str, Any]:
+        """The planner's value is the rank as a fraction of the input channels."""
+        return {"rank": max(1, round(value * in_channels))}
+
+    @classmethod
+    def form_fits(cls, shape: Any, value: int | float) -> bool:
+        return cls.form_options(value, shape.in_channels)["rank"] < shape.in_channels  # rank M saves nothing
+
+    @classmethod
+    def form_macs(cls, shape: Any, value: int | float) -> int:
+        r, k2 = cls.form_options(value, shape.in_channels)["rank"], shape.kernel[0] * shape.kernel[1]
+        return shape.in_positions() * shape.in_channels * r + shape.out_positions() * k2 * r * shape.out_channels
+
+    @classmethod
+    def form_params(cls, shape: Any, value: int | float) -> int:
+        r, k2 = cls.form_options(value, shape.in_channels)["rank"], shape.kernel[0] * shape.kernel[1]
+        return shape.in_channels * r + k2 * r * shape.out_channels + (shape.out_channels if shape.bias else 0)
+
+    @classmethod
+    def form_error2(cls, conv: nn.Conv2d, value: int | float, *, moments: torch.Tensor | None = None) -> float:
+        return float(bottleneck_errors(conv)[cls.form_options(value, conv.in_channels)["rank"]]) ** 2
 
     def effective_weight(self, conv: nn.Conv2d, new: nn.Module) -> torch.Tensor:
         return bottleneck_effective_weight(new)

@@ -17,9 +17,24 @@ from torch import nn
 
 from ....config import check
 from ....errors import CompressError
-from ..registry import RewriteConfig, apply_config, conv_problem, register_handler
+from ..registry import KindOptions, RewriteConfig, apply_config, conv_problem, register_handler
 
-__all__ = ["DilatedConfig", "to_dilated", "dilated_effective_weight", "receptive_field"]
+__all__ = ["DilatedConfig", "DilatedOptions", "to_dilated", "dilated_effective_weight", "receptive_field"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DilatedOptions(KindOptions):
+    """Options of the dilated rewrite.
+
+    Attributes:
+        dilation: tap spacing in kernel-index units, an integer >= 1 (default ``(K-1)/2``).
+    """
+
+    dilation: int | None = None
+
+    def validate(self) -> None:
+        check(self.dilation is None or (isinstance(self.dilation, int) and not isinstance(self.dilation, bool)
+                                        and self.dilation >= 1), "dilation", "an integer >= 1", self.dilation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,18 +46,13 @@ class DilatedConfig(RewriteConfig):
     """
 
     kind = "dilated"
-    options = ("dilation",)
+    Options = DilatedOptions
 
     dilation: int | None = None
 
     def validate(self) -> None:
         check(self.dilation is None or (isinstance(self.dilation, int) and self.dilation >= 1), "dilation",
               "an integer >= 1 or null", self.dilation)
-
-    @classmethod
-    def check_options(cls, dilation: int | None = None) -> None:
-        if dilation is not None and (not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1):
-            raise CompressError(f"dilated rewrite: dilation must be an integer >= 1, got {dilation!r}")
 
     @classmethod
     def eligibility(cls, conv: nn.Conv2d) -> str | None:

@@ -27,14 +27,41 @@ from ....config import check
 from ....errors import CompressError
 from ..allocate import Option
 from ..decompose import smallest_rank, svd_factors, tail_errors
-from ..registry import RewriteConfig, apply_config, conv_problem, register_handler
+from ..registry import KindOptions, RewriteConfig, apply_config, conv_problem, register_handler
 
-__all__ = ["SeparableConfig", "to_separable", "separable_errors", "separable_effective_weight", "separable_macs",
+__all__ = ["SeparableConfig", "SeparableOptions", "to_separable", "separable_errors", "separable_effective_weight", "separable_macs",
            "separable_weights"]
 
 # Ridge added to every Sigma_c, relative to the layer's mean patch energy: keeps L_c invertible (exactness at full
 # T, channels that never fire fall back to the weight SVD) without visibly changing the data-aware solution.
 RIDGE = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class SeparableOptions(KindOptions):
+    """Options of the separable rewrite (give at most one; none: ``T = 1``).
+
+    Attributes:
+        T: depthwise channel multiplier, an integer >= 1.
+        max_error: per-layer relative error budget in ``[0, 1)`` choosing the smallest T (the expected output
+            error with calibration data, the weight error without).
+        macs_target: the whole model's MACs after the rewrite as a fraction of before, in ``(0, 1]``; T is
+            allocated across layers at the least summed squared relative error.
+    """
+
+    T: int | None = None
+    max_error: float | None = None
+    macs_target: float | None = None
+
+    def validate(self) -> None:
+        self.exclusive("T", "max_error", "macs_target")
+        check(self.T is None or (isinstance(self.T, int) and self.T >= 1), "T", "an integer >= 1", self.T)
+        check(self.max_error is None or 0.0 <= self.max_error < 1.0, "max_error", "a number in [0, 1)",
+              self.max_error)
+        check(self.macs_target is None or (isinstance(self.macs_target, (int, float))
+                                           and not isinstance(self.macs_target, bool)
+                                           and 0.0 < self.macs_target <= 1.0),
+              "macs_target", "a fraction of the model's MACs in (0, 1]", self.macs_target)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +76,8 @@ class SeparableConfig(RewriteConfig):
     """
 
     kind = "separable"
-    options = ("T", "max_error", "macs_target")
+    Options = SeparableOptions
+    planner_values = (1, 2, 4)
     reads_inputs = True
 
     T: int = 1
@@ -80,20 +108,6 @@ class SeparableConfig(RewriteConfig):
                                 f"conv with {conv.in_channels} input channels and {k2} taps")
 
     @classmethod
-    def check_options(cls, T: int | None = None, max_error: float | None = None,
-                      macs_target: float | None = None) -> None:
-        given = [n for n, v in (("T", T), ("max_error", max_error), ("macs_target", macs_target)) if v is not None]
-        if len(given) > 1:
-            raise CompressError(f"separable rewrite: give only one of T, max_error, macs_target (got "
-                                f"{' and '.join(given)}, not both)")
-        if max_error is not None and not 0.0 <= max_error < 1.0:
-            raise CompressError(f"separable rewrite: max_error must be in [0, 1), got {max_error}")
-        if macs_target is not None and (isinstance(macs_target, bool) or not isinstance(macs_target, (int, float))
-                                        or not 0.0 < macs_target <= 1.0):
-            raise CompressError(f"separable rewrite: macs_target must be a fraction of the model's MACs in (0, 1], "
-                                f"got {macs_target!r}")
-
-    @classmethod
     def plan(cls, conv: nn.Conv2d, *, name: str = "", analysis: Any = None, T: int | None = None,
              max_error: float | None = None, moments: torch.Tensor | None = None) -> "SeparableConfig":
         """``T`` as given, or the smallest ``T`` whose relative error is at most ``max_error`` (output error
@@ -113,6 +127,30 @@ class SeparableConfig(RewriteConfig):
         options = [Option(separable_macs(conv, t, positions), float(errors[t]) ** 2, {"T": t})
                    for t in range(1, errors.numel())]
         return [o for o in options if o.macs < dense] + [Option(dense, 0.0, None)]
+
+    @classmethod
+    def form_options(cls, value: int | float, in_channels: int) -> dict[str, Any]:
+        return {"T": int(value)}
+
+    @classmethod
+    def form_fits(cls, shape: Any, value: int | float) -> bool:
+        k2 = shape.kernel[0] * shape.kernel[1]
+        return k2 > 1 and value <= k2
+
+    @classmethod
+    def form_macs(cls, shape: Any, value: int | float) -> int:
+        return _macs(shape.in_channels, shape.out_channels, shape.kernel[0] * shape.kernel[1], int(value),
+                     shape.out_positions())
+
+    @classmethod
+    def form_params(cls, shape: Any, value: int | float) -> int:
+        return (_macs(shape.in_channels, shape.out_channels, shape.kernel[0] * shape.kernel[1], int(value), 1)
+                + (shape.out_channels if shape.bias else 0))
+
+    @classmethod
+    def form_error2(cls, conv: nn.Conv2d, value: int | float, *, moments: torch.Tensor | None = None) -> float:
+        """The squared relative output error on ``moments`` (the weight error without)."""
+        return float(separable_errors(conv, moments=moments)[int(value)]) ** 2
 
     def describe(self, conv: nn.Conv2d) -> dict[str, Any]:
         return {"T": self.T, "data_aware": True} if self.moments is not None else {"T": self.T}
@@ -154,8 +192,12 @@ def separable_errors(conv: nn.Conv2d, *, moments: torch.Tensor | None = None) ->
 def separable_macs(conv: nn.Conv2d, T: int, positions: int) -> int:
     """Per-sample MACs of the rewrite of ``conv`` with multiplier ``T`` at ``positions = H'*W'`` output positions:
     depthwise ``H'W'·K²·M·T`` + pointwise ``H'W'·M·T·N`` (bias adds, unchanged by the rewrite, not counted)."""
-    k2 = conv.kernel_size[0] * conv.kernel_size[1]
-    return positions * conv.in_channels * T * (k2 + conv.out_channels)
+    return _macs(conv.in_channels, conv.out_channels, conv.kernel_size[0] * conv.kernel_size[1], T, positions)
+
+
+def _macs(in_channels: int, out_channels: int, taps: int, T: int, positions: int) -> int:
+    """``positions·M·T·(K² + N)``: depthwise plus pointwise multiply-accumulates (weights at ``positions=1``)."""
+    return positions * in_channels * T * (taps + out_channels)
 
 
 def separable_weights(conv: nn.Conv2d, T: int, *,

@@ -31,9 +31,28 @@ from ....config import check
 from ....errors import CompressError
 from ..decompose import cp_als, svd_factors
 from ...modules import ChannelShuffle
-from ..registry import RewriteConfig, apply_config, conv_problem, register_handler
+from ..registry import KindOptions, RewriteConfig, apply_config, conv_problem, register_handler
 
-__all__ = ["ShuffleConfig", "to_shuffled", "shuffle_effective_weight"]
+__all__ = ["ShuffleConfig", "ShuffleOptions", "to_shuffled", "shuffle_effective_weight"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShuffleOptions(KindOptions):
+    """Options of the shuffle rewrite.
+
+    Attributes:
+        groups: number of groups of the two grouped 1x1s, an integer >= 2 (required).
+        width: hidden channels between them (default: the conv's output channels).
+    """
+
+    groups: int | None = None
+    width: int | None = None
+
+    def validate(self) -> None:
+        check(isinstance(self.groups, int) and not isinstance(self.groups, bool) and self.groups >= 2, "groups",
+              "an integer >= 2", self.groups)
+        check(self.width is None or (isinstance(self.width, int) and self.width >= 1), "width", "an integer >= 1",
+              self.width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +65,8 @@ class ShuffleConfig(RewriteConfig):
     """
 
     kind = "shuffle"
-    options = ("groups", "width")
+    Options = ShuffleOptions
+    planner_values = (2, 4, 8)
 
     groups: int = 2
     width: int | None = None
@@ -72,9 +92,23 @@ class ShuffleConfig(RewriteConfig):
                 raise CompressError(f"shuffle rewrite: groups={self.groups} must divide {what}={size}")
 
     @classmethod
-    def check_options(cls, groups: int | None = None, width: int | None = None) -> None:
-        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-            raise CompressError(f"shuffle rewrite: groups is required (an integer >= 2), got {groups!r}")
+    def form_options(cls, value: int | float, in_channels: int) -> dict[str, Any]:
+        return {"groups": int(value)}
+
+    @classmethod
+    def form_fits(cls, shape: Any, value: int | float) -> bool:
+        """The planner offers the pointwise form only (1x1 convs)."""
+        return (shape.kernel == (1, 1) and shape.out_channels % value == 0
+                and shape.in_channels % value == 0)
+
+    @classmethod
+    def form_macs(cls, shape: Any, value: int | float) -> int:
+        return shape.out_positions() * cls.form_params(shape, value, bias=False)
+
+    @classmethod
+    def form_params(cls, shape: Any, value: int | float, *, bias: bool = True) -> int:
+        n, m = shape.out_channels, shape.in_channels
+        return n * (m + n) // int(value) + (n if bias and shape.bias else 0)
 
     @classmethod
     def plan(cls, conv: nn.Conv2d, *, name: str = "", analysis: Any = None, groups: int | None = None,
