@@ -9,10 +9,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.compress-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import compress, torch, torch_pruning" 2>/dev/null; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import compress, torch, torch_pruning, onnxruntime, openvino, timm" 2>/dev/null; then
     .venv/bin/python -m pip install -q --upgrade pip
-    # torch/torchvision are pinned to the releases this machine holds on disk (see README).
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    # The package asks for ranges (torch>=2.4); the set-up installs the pair this machine holds on disk first,
+    # so that pip never fetches a multi-GB build (see README).
+    .venv/bin/python -m pip install -q "torch==${COMPRESS_TORCH:-2.14.1}" "torchvision==${COMPRESS_TORCHVISION:-0.29.1}"
+    .venv/bin/python -m pip install -q -e ".[dev,all]"
     echo "$want" > "$stamp"
 fi
 fm=${COMPRESS_DATA:-/usr/share/datasets/fashion-mnist}
