@@ -35,13 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, command_line, context, ensure_path, run_isolated  # noqa: E402
 
 ensure_path()
+from compress.transforms.rewrite.registry import config_for_kind, kinds  # noqa: E402
 
 __all__ = ["QUICK", "KINDS", "model_kwargs", "input_size", "estimated_gib", "check_model", "main"]
 
 QUICK = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x0_5",
          "squeezenet1_0", "densenet121", "convnext_tiny", "googlenet", "vgg11_bn"]
-KINDS: dict[str, dict[str, Any]] = {"grouped": {"groups": 2}, "separable": {"T": 2}, "shuffle": {"groups": 2},
-                                    "dilated": {}, "bottleneck": {"rank_ratio": 0.5}}
+# Every registered rewrite kind, with the options its config declares as representative.
+KINDS: dict[str, dict[str, Any]] = {kind: config_for_kind(kind).example_options for kind in kinds()}
 FIXED_224 = ("vit_", "maxvit_", "swin_")  # position embeddings / window sizes tied to 224 px
 PEAK_FACTOR = 6  # original + pruned/rewritten copy + tp's graph and counting copy, in units of fp32 params
 RATIO = 0.3
@@ -106,8 +107,6 @@ def _prune(model: nn.Module, x: torch.Tensor, analysis: Any) -> dict[str, Any]:
 
 def _eligible(model: nn.Module, kind: str) -> list[str]:
     """Names of plain convs the kind can rewrite (the applier's own rules, at its default ``min_channels``)."""
-    from compress.transforms.rewrite.registry import config_for_kind
-
     rules = config_for_kind(kind)
     return [n for n, m in model.named_modules() if type(m) is nn.Conv2d and min(m.in_channels, m.out_channels)
             >= MIN_CHANNELS and rules.eligibility(m) is None]

@@ -13,7 +13,6 @@ from common import context_lines, fmt, md_table
 __all__ = ["quality_section", "recovery_section", "coverage_section", "overhead_section", "efficiency_section",
            "parse_latency_table"]
 
-KINDS = ("grouped", "separable", "shuffle", "dilated", "bottleneck")
 _METHOD_TEXT = {
     "tp": "(a) torch-pruning MagnitudePruner (L2, uniform) + plain fine-tune",
     "prune": "(b) compress prune + BN calibration + distillation",
@@ -303,22 +302,23 @@ def coverage_section(c: dict[str, Any] | None, run: dict[str, Any] | None, *, re
               "- cells: `ok (n)` = n convs rewritten and the forward check passed; `n/a` = no eligible conv "
               "(e.g. dilated needs K >= 5; separable needs a dense KxK); `declined` = eligible convs exist but the "
               "rewrite declined every one it tried (reasons listed below); prune shows MACs after/before.", ""]
+    kinds = tuple(c["kinds"])  # the kinds the run measured (the registry's at the time), in its order
     rows, failures, skipped, declined = [], [], [], []
     for r in c["rows"]:
         if r.get("status", "").startswith("skipped"):
             skipped.append(f"{r['name']} ({r['status']})")
             continue
         rows.append([r["name"], r.get("input", ""), _cell(r.get("analyze")), _cell(r.get("prune")),
-                     *(_cell(r.get(k)) for k in KINDS), fmt(r.get("seconds"), ".0f")])
-        for stage in ("analyze", "prune", *KINDS):
+                     *(_cell(r.get(k)) for k in kinds), fmt(r.get("seconds"), ".0f")])
+        for stage in ("analyze", "prune", *kinds):
             s = r.get(stage) or {}
             if s.get("status") not in ("ok", None):
                 failures.append(f"- {r['name']} / {stage}: {s.get('error', s.get('status'))}")
             elif s.get("declined") and not s.get("rewritten"):
                 declined.append(f"- {r['name']} / {stage}: " + "; ".join(s["declined"]))
-    ok = sum(all((r.get(s) or {}).get("status") == "ok" for s in ("analyze", "prune", *KINDS)) for r in c["rows"]
+    ok = sum(all((r.get(s) or {}).get("status") == "ok" for s in ("analyze", "prune", *kinds)) for r in c["rows"]
              if not r.get("status", "").startswith("skipped"))
-    lines += [md_table(["model", "px", "analyze", "prune 0.3", *KINDS, "s"], rows), "",
+    lines += [md_table(["model", "px", "analyze", "prune 0.3", *kinds, "s"], rows), "",
               f"**{ok}/{len(rows)} models passed every stage.** Skipped (memory): {', '.join(skipped) or 'none'}.", ""]
     lines += (["Failures, stated plainly:", ""] + failures if failures else ["No failures."]) + [""]
     if declined:

@@ -74,6 +74,8 @@ class RewriteConfig(Config):
         Options: the :class:`KindOptions` subclass of the options :meth:`plan` accepts from the model-level
             applier and the recipe.
         planner_values: parameter values the latency planner tries as forms of this kind (empty: none).
+        example_options: options giving a representative rewrite of a typical conv (>= 16 channels): the test
+            matrix and the coverage benchmark run every registered kind with them.
         reads_producer: :meth:`plan` also takes ``producer``, the qualified name of the conv whose output
             channels are this conv's inputs (the applier finds it when given an analysis and example inputs).
         reads_inputs: :meth:`plan` also takes ``moments``, the conv's input patch moments on calibration data
@@ -83,6 +85,7 @@ class RewriteConfig(Config):
     kind: ClassVar[str] = ""
     Options: ClassVar[type[KindOptions]] = KindOptions
     planner_values: ClassVar[tuple[int | float, ...]] = ()
+    example_options: ClassVar[dict[str, Any]] = {}
     reads_producer: ClassVar[bool] = False
     reads_inputs: ClassVar[bool] = False
 

@@ -14,16 +14,12 @@ from torch import nn
 
 from compress.transforms import ChannelPermute, rewrite
 from compress.transforms.rewrite.decompose import relative_error
+from compress.transforms.rewrite.registry import config_for_kind, kinds
 
 X = torch.randn(1, 3, 32, 32)
 
-KINDS = {
-    "grouped": {"groups": 2},
-    "separable": {"T": 2},
-    "shuffle": {"groups": 4},
-    "dilated": {},
-    "bottleneck": {"rank_ratio": 0.5},
-}
+# The registry is the test matrix: every registered kind, with the options it declares as representative.
+KINDS = {kind: config_for_kind(kind).example_options for kind in kinds()}
 # A few layers per model: dense 3x3s, a 1x1 and (resnet) the 7x7 stem; min_channels=3 lets stems in.
 SUBSETS = {
     "resnet18": ["conv1", "layer1.0.*", "layer2.0.*"],

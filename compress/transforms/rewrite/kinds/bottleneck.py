@@ -58,6 +58,7 @@ class BottleneckConfig(RewriteConfig):
     kind = "bottleneck"
     Options = BottleneckOptions
     planner_values = (0.25, 0.5)
+    example_options = {"rank_ratio": 0.5}
 
     rank: int = 1
 

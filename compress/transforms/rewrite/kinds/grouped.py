@@ -67,6 +67,7 @@ class GroupedConfig(RewriteConfig):
     kind = "grouped"
     Options = GroupedOptions
     planner_values = (2, 4, 8)
+    example_options = {"groups": 2}
     reads_producer = True
 
     groups: int = 2

@@ -78,6 +78,7 @@ class SeparableConfig(RewriteConfig):
     kind = "separable"
     Options = SeparableOptions
     planner_values = (1, 2, 4)
+    example_options = {"T": 2}
     reads_inputs = True
 
     T: int = 1

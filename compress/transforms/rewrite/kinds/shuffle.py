@@ -67,6 +67,7 @@ class ShuffleConfig(RewriteConfig):
     kind = "shuffle"
     Options = ShuffleOptions
     planner_values = (2, 4, 8)
+    example_options = {"groups": 4}
 
     groups: int = 2
     width: int | None = None
