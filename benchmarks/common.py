@@ -44,14 +44,12 @@ def machine() -> dict[str, Any]:
 def versions() -> dict[str, str | None]:
     """Versions of the packages the figures depend on."""
     import platform
-    from importlib import metadata
+
+    from compress.env import package_version
 
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "torch-pruning", "compress"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+    for name in ("torch", "torchvision", "torch-pruning", "compress", "onnxruntime", "openvino"):
+        out[name] = package_version(name)
     import torch
 
     out["torch"] = torch.__version__  # the build tag (+cpu / +cu130) matters for CPU kernels

@@ -5,7 +5,6 @@ import logging
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,11 @@ from torch import nn
 
 from .config import parse, to_plain
 from .data import DataBundle, DataConfig
+from .env import cache_root
 from .errors import CompressError
 from .io import atomic_torch_save
 from .models import ModelConfig, build_model, load_checkpoint
+from .modes import evaluating
 
 __all__ = ["obtain_baseline", "baseline_cache_key", "default_cache_dir"]
 
@@ -28,7 +29,8 @@ _DATA_KEYS = ("source", "root", "resize", "channels", "normalize", "augment", "b
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress")
+    """Default root of the baseline cache (baselines live in its ``baselines/``): :func:`compress.env.cache_root`."""
+    return cache_root()
 
 
 def baseline_cache_key(model: ModelConfig, data: DataConfig, train: dict[str, Any], seed: int) -> str:
@@ -47,11 +49,8 @@ def baseline_cache_key(model: ModelConfig, data: DataConfig, train: dict[str, An
 def _check_head(model: nn.Module, data: DataBundle, device: torch.device, where: str) -> None:
     x = torch.zeros(2, *data.input_shape, device=device)
     try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
+        with torch.no_grad(), evaluating(model):
             out = model(x)
-            model.train(was_training)
     except RuntimeError as err:
         raise CompressError(f"{where}: the model cannot take the data's input shape {tuple(data.input_shape)} "
                             f"({str(err).splitlines()[0]}); check data.channels/data.resize or model.in_channels")

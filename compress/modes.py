@@ -6,7 +6,7 @@ from typing import Iterator
 
 from torch import nn
 
-__all__ = ["restore_training"]
+__all__ = ["restore_training", "evaluating"]
 
 
 @contextlib.contextmanager
@@ -22,3 +22,11 @@ def restore_training(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Every submodule in eval mode inside the block; each one's own ``training`` flag restored on exit."""
+    with restore_training(model):
+        model.eval()
+        yield model

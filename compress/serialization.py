@@ -11,7 +11,7 @@ stores, in one file that ``torch.load(weights_only=True)`` reads:
   ``layer_scale`` after pruning);
 * ``state_dict`` and ``extra``.
 
-:func:`load` rebuilds the original, replaces the described modules (all through :func:`_set_child`), resizes the
+:func:`load` rebuilds the original, replaces the described modules (all through :func:`set_module`), resizes the
 direct tensors and loads the state dict strictly. Without a spec, or when a changed module's type is not in the
 whitelist, the whole module is pickled instead, with a warning. :func:`export` writes a ``torch.export``
 program (and ONNX when ``onnx`` is installed) for deployment.
@@ -29,6 +29,8 @@ from torch import nn
 
 from .errors import CompressError
 from .io import atomic_torch_save, atomic_write_bytes
+from .module_tree import set_module
+from .modes import evaluating
 from .transforms.modules import ChannelPermute, ChannelShuffle
 from .transforms.prune.tp_compat import ShuffleV2Block
 
@@ -122,18 +124,8 @@ def build(description: Mapping[str, Any]) -> nn.Module:
     args = dict(description["args"])
     module = _BUILDERS[kind](args) if kind in _BUILDERS else _class(kind)(**args)
     for name, child in description["children"]:
-        _set_child(module, name, build(child))
+        set_module(module, name, build(child))
     return module
-
-
-def _set_child(root: nn.Module, path: str, module: nn.Module | None) -> None:
-    """The one place that attaches (or, with ``None``, removes) a submodule by dotted path."""
-    parent_path, _, name = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    if module is None:
-        delattr(parent, name)
-    else:
-        setattr(parent, name, module)
 
 
 def _changed(old: nn.Module, new: nn.Module) -> bool:
@@ -253,7 +245,7 @@ def load(path: str | Path, *, map_location: Any = "cpu",
     model = _rebuild(payload["spec"], factory)
     for where in sorted(payload["modules"], key=lambda p: p.count(".")):
         description = payload["modules"][where]
-        _set_child(model, where, None if description is None else build(description))
+        set_module(model, where, None if description is None else build(description))
     state = payload["state_dict"]
     for key, shape in payload["direct"].items():
         owner_path, _, name = key.rpartition(".")
@@ -294,11 +286,9 @@ def export(model: nn.Module, example_inputs: torch.Tensor, path: str | Path) -> 
             more than :data:`EXPORT_RTOL` (relative to the largest output).
     """
     path = Path(path)
-    was_training = model.training
-    model.eval()
     sample = example_inputs[:1]
     traced_on = sample.expand(2, *sample.shape[1:]).clone()
-    try:
+    with evaluating(model):
         batch = torch.export.Dim("batch", min=1)
         with torch.no_grad():
             program = torch.export.export(model, (traced_on,), dynamic_shapes=({0: batch},))
@@ -307,8 +297,6 @@ def export(model: nn.Module, example_inputs: torch.Tensor, path: str | Path) -> 
         torch.export.save(program, buffer)
         written = {"torch_export": atomic_write_bytes(path, buffer.getvalue())}
         written.update(_export_onnx(model, example_inputs, path.with_suffix(".onnx")))
-    finally:
-        model.train(was_training)
     return written
 
 

@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from ..data.batches import batch_count, batch_inputs
 from ..errors import CompressError
+from ..measurement.util import model_device
+from ..modes import evaluating
 from .accumulate import ChannelAccumulator
 from .finite import check_finite_statistics, check_finite_weights
 from .result import Analysis, LayerInfo
@@ -67,15 +69,10 @@ class _Collector:
             handle.remove()
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    devices = {t.device for t in list(model.parameters()) + list(model.buffers())}
-    return devices.pop() if len(devices) == 1 else None
-
-
 @contextlib.contextmanager
 def _placed(model: nn.Module, device: torch.device | None) -> Iterator[torch.device]:
     """Run on ``device`` (default: where the model is), moving the model there and back if needed."""
-    home = _model_device(model)
+    home = model_device(model, single=True)
     target = torch.device(device) if device is not None else (home or torch.device("cpu"))
     move = home is not None and home != target
     if move:
@@ -85,18 +82,6 @@ def _placed(model: nn.Module, device: torch.device | None) -> Iterator[torch.dev
     finally:
         if move:
             model.to(home)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode and restore each one's own flag afterwards (also on error)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
 
 
 def _run(model: nn.Module, loader: Iterable, convs: dict[str, nn.Conv2d], *, max_batches: int | None,
@@ -200,7 +185,7 @@ def analyze(model: nn.Module, loader: Iterable, *, max_batches: int | None = Non
     if not convs:
         raise CompressError(f"analysis: {type(model).__name__} has no nn.Conv2d layer to analyze")
     check_finite_weights(model)
-    with _placed(model, device) as target, _eval_mode(model):
+    with _placed(model, device) as target, evaluating(model):
         collector, batches, images = _run(model, loader, convs, max_batches=max_batches, device=target,
                                           verbose=verbose, max_channels=max_channels_for_correlation)
         if _distributed():

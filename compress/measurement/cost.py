@@ -28,7 +28,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .util import forward_inputs, leaf_modules, restore_training, tensor_shape
+from ..modes import evaluating
+from .util import forward_inputs, leaf_modules, tensor_shape
 
 __all__ = ["Cost", "LayerCost", "cost", "module_macs"]
 
@@ -178,8 +179,7 @@ def cost(model: nn.Module, example_inputs: Any) -> Cost:
     handles = [m.register_forward_hook(hook(name)) for name, m in leaf_modules(model)]
     args, kwargs = forward_inputs(example_inputs)
     try:
-        with restore_training(model), torch.no_grad():
-            model.eval()
+        with evaluating(model), torch.no_grad():
             model(*args, **kwargs)
     finally:
         for h in handles:

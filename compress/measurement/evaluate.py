@@ -11,7 +11,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import CompressError
-from .util import model_device, restore_training
+from ..modes import evaluating
+from .util import model_device
 
 __all__ = ["Evaluation", "evaluate"]
 
@@ -120,10 +121,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
     device = torch.device(device) if device is not None else model_device(model)
     ref_device = model_device(reference) if reference is not None else None
     tally = _Tally(num_classes)
-    with restore_training(model), _maybe_restore(reference), torch.inference_mode():
-        model.eval()
-        if reference is not None:
-            reference.eval()
+    with evaluating(model), _maybe_evaluating(reference), torch.inference_mode():
         for batch in tqdm(loader, desc="evaluate", leave=False, disable=not verbose):
             images, labels = _unpack(batch)
             logits = model(images.to(device, non_blocking=True))
@@ -132,5 +130,5 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
     return tally.result(reference is not None)
 
 
-def _maybe_restore(module: nn.Module | None) -> contextlib.AbstractContextManager:
-    return restore_training(module) if module is not None else contextlib.nullcontext()
+def _maybe_evaluating(module: nn.Module | None) -> contextlib.AbstractContextManager:
+    return evaluating(module) if module is not None else contextlib.nullcontext()

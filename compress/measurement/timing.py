@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ..env import resolve_device
 from ..errors import CompressError
 
 __all__ = ["DTYPE_NAMES", "Stats", "as_dtype", "dtype_name", "resolve_device", "prepare", "make_batch", "time_call",
@@ -75,16 +76,6 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype | str) -> str:
     return str(as_dtype(dtype)).removeprefix("torch.")
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    """Check that ``device`` exists here; a CUDA request without CUDA is a user error."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CompressError(f"latency device {str(device)!r}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise CompressError(f"latency device: expected 'cpu' or 'cuda', got {str(device)!r}")
-    return device
 
 
 def prepare(model: nn.Module, *, device: torch.device, dtype: torch.dtype, channels_last: bool,

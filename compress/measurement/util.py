@@ -7,9 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modes import restore_training
 
-__all__ = ["leaf_modules", "forward_inputs", "restore_training", "tensor_shape", "model_device"]
+__all__ = ["leaf_modules", "forward_inputs", "tensor_shape", "model_device"]
 
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -31,7 +30,15 @@ def tensor_shape(tensors: list[torch.Tensor]) -> list[int] | None:
     return list(tensors[0].shape) if tensors else None
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for a stateless model)."""
-    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+def model_device(model: nn.Module, *, single: bool = False) -> torch.device | None:
+    """Device of the model's first parameter or buffer (CPU for a stateless model).
+
+    With ``single=True``: the one device holding every parameter and buffer, ``None`` when the model is spread
+    over several (and so must not be moved as a whole).
+    """
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if single:
+        devices = {t.device for t in tensors}
+        return devices.pop() if len(devices) == 1 else (None if devices else torch.device("cpu"))
+    first = next(tensors, None)
     return first.device if first is not None else torch.device("cpu")

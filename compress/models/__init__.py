@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import CompressError
+from ..module_tree import set_module
 from .config import ModelConfig
 from .small import small_mobilenet_v2, small_resnet
 
@@ -61,13 +62,13 @@ def _adapt_stem(model: nn.Module, *, small_input: bool, in_channels: int | None)
         kernel = 3 if conv.kernel_size[0] > 3 else conv.kernel_size[0]
         new = nn.Conv2d(in_channels or conv.in_channels, conv.out_channels, kernel, stride=1, padding=kernel // 2,
                         bias=conv.bias is not None)
-        model.set_submodule(name, new)
+        set_module(model, name, new)
         if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
             model.maxpool = nn.Identity()
     elif in_channels is not None and in_channels != conv.in_channels:
         new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                         dilation=conv.dilation, groups=1, bias=conv.bias is not None)
-        model.set_submodule(name, new)
+        set_module(model, name, new)
 
 
 def build_model(spec: ModelConfig | Mapping[str, Any]) -> nn.Module:

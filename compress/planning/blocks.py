@@ -20,6 +20,8 @@ from torch import nn
 
 from ..measurement import cost
 from ..measurement.timing import as_dtype, cudnn_benchmark
+from ..measurement.util import model_device
+from ..modes import evaluating
 from .costs import loss_ratio
 from .shapes import ConvShape
 
@@ -51,15 +53,12 @@ def _input_shapes(model: nn.Module, blocks: dict[str, nn.Module], x: torch.Tenso
     seen: dict[str, list] = {name: [] for name in blocks}
     handles = [b.register_forward_hook(lambda m, args, out, n=name: seen[n].append(tuple(args[0].shape[1:])))
                for name, b in blocks.items()]
-    training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-        model.train(training)
     return seen
 
 
@@ -104,7 +103,7 @@ def block_whole(model: nn.Module, blocks: dict[str, BlockSite], unit: str, *, de
         out = {}
         for name, b in blocks.items():
             block = modules[name]
-            c = cost(block, torch.zeros(1, *b.in_shape, device=next(block.parameters()).device))
+            c = cost(block, torch.zeros(1, *b.in_shape, device=model_device(block)))
             out[name] = float(c.macs if unit == "macs" else c.params)
         return out
     from ..transforms.blocks.fold_bn import fold_batchnorm

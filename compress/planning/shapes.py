@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..measurement.util import forward_inputs, restore_training
+from ..measurement.util import forward_inputs
+from ..modes import evaluating
 
 __all__ = ["ConvShape", "capture_shapes"]
 
@@ -98,8 +99,7 @@ def capture_shapes(model: nn.Module, example_inputs: Any) -> dict[str, ConvShape
     args, kwargs = forward_inputs(example_inputs)
     args = tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args)
     try:
-        with restore_training(model), torch.no_grad():
-            model.eval()
+        with evaluating(model), torch.no_grad():
             model(*args, **kwargs)
     finally:
         for h in handles:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..env import cpu_model
+from ..env import cache_root, cpu_model
 from ..io import atomic_write_json
 from ..measurement.timing import as_dtype, cudnn_benchmark, dtype_name, resolve_device, time_call
 from .candidates import Form, aligned_widths, rewrite_forms
@@ -46,8 +46,7 @@ def device_name(device: torch.device | str) -> str:
 
 def default_table_dir() -> Path:
     """``$COMPRESS_CACHE/latency`` (``~/.cache/compress/latency`` when the variable is unset)."""
-    root = os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress"
-    return Path(root) / "latency"
+    return cache_root() / "latency"
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-from importlib import metadata
 from typing import Any, Sequence
 
 import torch
 
-from ..env import cpu_model
+from ..env import cpu_model, package_version
 from ..measurement import Comparison, cost
 from .jsonable import jsonable
 from .layers import layer_rows
@@ -17,13 +16,6 @@ from .schema import SCHEMA_VERSION, validate
 __all__ = ["build_report", "environment_section", "summary_of", "BASELINE", "COMPRESSED"]
 
 BASELINE, COMPRESSED = "baseline", "compressed"  # model names used in latency comparisons
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def environment_section(ctx: Any) -> dict[str, Any]:
@@ -36,8 +28,8 @@ def environment_section(ctx: Any) -> dict[str, Any]:
     env.update({
         "python": env.get("python") or platform.python_version(),
         "torch": versions.get("torch") or torch.__version__,
-        "torchvision": versions.get("torchvision") or _version("torchvision"),
-        "torch_pruning": versions.get("torch-pruning") or _version("torch-pruning"),
+        "torchvision": versions.get("torchvision") or package_version("torchvision"),
+        "torch_pruning": versions.get("torch-pruning") or package_version("torch-pruning"),
         "cpu": env.get("cpu") or cpu_model(),
         "gpu": gpu,
         "threads": int(env.get("threads") or torch.get_num_threads()),

@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..errors import CompressError
+from ..measurement.util import model_device
+from ..modes import evaluating
 from .distributed import unwrap
 
 __all__ = ["calibrate_bn"]
@@ -42,21 +44,18 @@ def calibrate_bn(model: nn.Module, loader: DataLoader, *, max_batches: int = 32,
     if not norms:
         return 0
     if device is None:
-        device = next(model.parameters()).device
-    flags = {m: m.training for m in model.modules()}
+        device = model_device(model)
     momenta = {m: m.momentum for m in norms}
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the calibration batches
-        m.train()
-    try:
-        for images, *_ in tqdm(itertools.islice(loader, max_batches), total=min(max_batches, len(loader)),
-                               desc="calibrate BN", leave=False, disable=not verbose):
-            model(images.to(device, non_blocking=True))
-    finally:
-        for m, momentum in momenta.items():
-            m.momentum = momentum
-        for m, training in flags.items():
-            m.train(training)
+    with evaluating(model):
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the calibration batches
+            m.train()
+        try:
+            for images, *_ in tqdm(itertools.islice(loader, max_batches), total=min(max_batches, len(loader)),
+                                   desc="calibrate BN", leave=False, disable=not verbose):
+                model(images.to(device, non_blocking=True))
+        finally:
+            for m, momentum in momenta.items():
+                m.momentum = momentum
     return len(norms)

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..modes import evaluating
+
 __all__ = ["top1_accuracy", "autocast"]
 
 
@@ -23,16 +25,14 @@ def top1_accuracy(model: nn.Module, loader: DataLoader, *, device: torch.device,
         model: maps ``(B, C, H, W)`` float32 images to ``(B, K)`` logits.
         loader: yields ``(images, labels)`` with labels ``(B,)`` int64.
     """
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last and device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(images)
-        correct += int((logits.argmax(1) == labels).sum())
-        total += labels.numel()
-    model.train(was_training)
+    with evaluating(model):
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if channels_last and device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                logits = model(images)
+            correct += int((logits.argmax(1) == labels).sum())
+            total += labels.numel()
     return correct / max(total, 1)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ...data.batches import batch_count, batch_inputs
 from ...errors import CompressError
 from ...measurement.util import model_device
-from ...modes import restore_training
+from ...modes import evaluating
 from ..rewrite.registry import replace_modules
 
 __all__ = ["droppable_blocks", "drop_block", "drop_blocks", "block_drop_errors"]
@@ -179,8 +179,7 @@ def block_drop_errors(model: nn.Module, batches: Iterable, *, names: list[str] |
     seen = 0
     errors = _DropErrors(blocks, device)
     try:
-        with restore_training(model), torch.no_grad():
-            model.eval()
+        with evaluating(model), torch.no_grad():
             bar = tqdm(islice(batches, max_batches), total=batch_count(batches, max_batches), desc="block drop errors",
                        unit="batch", leave=False, disable=not verbose)
             for batch in bar:

@@ -21,6 +21,8 @@ from torch.fx.experimental.optimization import fuse
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ...module_tree import set_module
+
 __all__ = ["fold_batchnorm", "unfolded_batchnorms", "FOLD_RTOL"]
 
 FOLD_RTOL = 1e-4  # the fallback's acceptance: a fold is a reassociation of float math, not an approximation
@@ -98,8 +100,8 @@ def _fold_pairs(model: nn.Module, x: torch.Tensor) -> nn.Module:
     for conv_name, bn_name in _pairs(model, x):
         trial = copy.deepcopy(model)
         conv, bn = trial.get_submodule(conv_name), trial.get_submodule(bn_name)
-        trial.set_submodule(conv_name, fuse_conv_bn_eval(conv, bn))
-        trial.set_submodule(bn_name, nn.Identity())
+        set_module(trial, conv_name, fuse_conv_bn_eval(conv, bn))
+        set_module(trial, bn_name, nn.Identity())
         with torch.inference_mode():
             if torch.allclose(trial(x), want, rtol=FOLD_RTOL, atol=atol):
                 model = trial

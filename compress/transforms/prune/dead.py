@@ -24,7 +24,8 @@ import torch_pruning as tp
 from torch import nn
 from tqdm import tqdm
 
-from ...modes import restore_training
+from ...modes import evaluating
+from .layer_roles import layer_width
 from .tp_compat import ChannelOrigins, build_graph, out_channel_items, prune_group
 
 __all__ = ["DeadRemoval", "DeadSkip", "DeadReport", "remove_dead_channels", "relative_error", "model_outputs"]
@@ -124,8 +125,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
 @torch.no_grad()
 def model_outputs(model: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Eval-mode outputs (first tensor of each) of ``model`` on ``batches``; the model's modes are restored."""
-    with restore_training(model):
-        model.eval()
+    with evaluating(model):
         return [_first_tensor(model(x)).float() for x in batches]
 
 
@@ -163,10 +163,6 @@ def _input_ranges(model: nn.Module, modules: Iterable[nn.Module],
 
 def _zero_padded(conv: nn.Conv2d) -> bool:
     return conv.padding_mode == "zeros" and (conv.padding == "same" or any(p > 0 for p in conv.padding))
-
-
-def _width(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
 def _unbalanced(module: nn.Module, removed: set[int]) -> bool:
@@ -295,7 +291,7 @@ class _Remover:
             after = {name: removed.get(name, set()) | {i for n, i in plan.members if n == name}
                      for name in {n for n, _ in plan.members}}
             modules = {n: self.model.get_submodule(n) for n in after}
-            emptied = sorted(n for n, idx in after.items() if len(idx) >= _width(modules[n]))
+            emptied = sorted(n for n, idx in after.items() if len(idx) >= layer_width(modules[n]))
             unbalanced = sorted(n for n, idx in after.items() if _unbalanced(modules[n], idx))
             if emptied or unbalanced:
                 reason = (f"would remove every output channel of {emptied[0]}" if emptied else

@@ -1,5 +1,6 @@
 """Roles of layers read off a torch-pruning dependency graph (built by :func:`.tp_compat.build_graph`).
 
+* :func:`layer_width`: a prunable layer's output channels (conv) or features (linear).
 * :func:`unknown_layers`: user layers with weights of their own that no transform understands (left alone).
 
 * :func:`output_layers`: the classifier, whose output channels are the model's outputs.
@@ -18,7 +19,14 @@ from torch import nn
 
 from ..modules import ChannelPermute, ChannelShuffle
 
-__all__ = ["output_layers", "locked_layers", "direct_producer", "unknown_layers"]
+__all__ = ["layer_width", "output_layers", "locked_layers", "direct_producer", "unknown_layers"]
+
+
+def layer_width(module: nn.Module) -> int | None:
+    """Output channels of a conv, output features of a linear; ``None`` for anything else."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels
+    return module.out_features if isinstance(module, nn.Linear) else None
 
 
 def _walk(start: Any, step: Callable[[Any], list], stop: Callable[[Any], bool]) -> list:

@@ -29,10 +29,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ...errors import CompressError
-from ...modes import restore_training
+from ...modes import evaluating, restore_training
 from .dead import DeadReport, remove_dead_channels
 from .importance import IMPORTANCES, NEEDS_ANALYSIS, DeadFirst, make_importance
-from .layer_roles import locked_layers, output_layers
+from .layer_roles import layer_width, locked_layers, output_layers
 from .tp_compat import (ChannelOrigins, build_graph, customized_pruners, link_index_maps,
                         prune_group, replay_history, swap_shufflenet_blocks, traceable)
 
@@ -104,11 +104,7 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
 
 
 def _widths(model: nn.Module, names: Iterable[str]) -> dict[str, int]:
-    out = {}
-    for name in names:
-        m = model.get_submodule(name)
-        out[name] = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
-    return out
+    return {name: layer_width(model.get_submodule(name)) for name in names}
 
 
 def _validate(ratio: float | None, macs_target: float | None, importance: str, analysis: Any, calib: Any,
@@ -183,8 +179,7 @@ def _calib_batches(calib: Any) -> list[tuple[torch.Tensor, torch.Tensor | None]]
 def _accumulate_gradients(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
     """Loss gradients for Taylor importance; labels default to the model's own predictions."""
     model.zero_grad(set_to_none=True)
-    with torch.enable_grad(), restore_training(model):
-        model.eval()
+    with torch.enable_grad(), evaluating(model):
         for x, y in batches:
             out = model(x)
             out = out if isinstance(out, torch.Tensor) else out[0]

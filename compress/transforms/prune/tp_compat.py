@@ -30,8 +30,10 @@ from torch import nn
 from torch_pruning import _helpers
 from torch_pruning.dependency import Dependency
 
+from ...module_tree import set_module
 from ...modes import restore_training
 from ..modules import ChannelPermute, ChannelShuffle
+from .layer_roles import layer_width
 
 __all__ = ["ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
            "shuffle_permutation", "customized_pruners", "traceable", "link_index_maps",
@@ -96,7 +98,7 @@ def swap_shufflenet_blocks(model: nn.Module, *, shuffle: Literal["permute", "gro
         old = model.get_submodule(name)
         channels = _block_out_channels(old)
         new_shuffle = ChannelPermute(shuffle_permutation(channels, 2)) if shuffle == "permute" else ChannelShuffle(2)
-        model.set_submodule(name, ShuffleV2Block(old.stride, old.branch1, old.branch2, new_shuffle))
+        set_module(model, name, ShuffleV2Block(old.stride, old.branch1, old.branch2, new_shuffle))
     return len(targets)
 
 
@@ -289,7 +291,7 @@ class ChannelOrigins:
     def __init__(self, model: nn.Module) -> None:
         self.index: dict[str, torch.Tensor] = {}
         for name, m in model.named_modules():
-            width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features if isinstance(m, nn.Linear) else 0
+            width = layer_width(m)
             if width:
                 self.index[name] = torch.arange(width)
         self.initial = {name: int(t.numel()) for name, t in self.index.items()}

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...errors import CompressError
-from ...modes import restore_training
+from ...modes import evaluating
 from .absorb import absorb_permutes
 from .allocate import Option, allocate
 from .decompose import relative_error
@@ -306,8 +306,7 @@ def _capture_inputs(model: nn.Module, convs: dict[str, nn.Conv2d],
 
     handles = [conv.register_forward_hook(hook(name)) for name, conv in convs.items()]
     try:
-        with restore_training(model), torch.no_grad():
-            model.eval()
+        with evaluating(model), torch.no_grad():
             model(example_inputs)
     finally:
         for h in handles:

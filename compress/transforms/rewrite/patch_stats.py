@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ...data.batches import batch_inputs
 from ...measurement.util import model_device
-from ...modes import restore_training
+from ...modes import evaluating
 
 __all__ = ["PatchMoments", "capture_patch_moments"]
 
@@ -90,8 +90,7 @@ def capture_patch_moments(model: nn.Module, convs: dict[str, nn.Conv2d], calib: 
     batches = [calib] if isinstance(calib, torch.Tensor) else calib
     device = model_device(model)
     try:
-        with restore_training(model), torch.no_grad():
-            model.eval()
+        with evaluating(model), torch.no_grad():
             for batch in tqdm(islice(batches, max_batches), desc="patch moments", leave=False, disable=not verbose):
                 model(batch_inputs(batch, what="patch moments").to(device))
     finally:

@@ -2,8 +2,8 @@
 
 In the style of torchao's ``quantize_``: a rewrite kind is a small frozen :class:`RewriteConfig` (its concrete
 per-layer parameters, validated) plus a handler ``(conv, config) -> nn.Module`` registered for that config type
-with :func:`register_handler`. :func:`replace_modules` is the only place that swaps modules into a model
-(``setattr`` on the parent); everything else builds new modules and leaves the model alone.
+with :func:`register_handler`. :func:`replace_modules` is the one walker that swaps rewrites into a model
+(through :func:`compress.module_tree.set_module`); everything else builds new modules and leaves the model alone.
 
 The config class is the single source of truth about its kind; everything else reads it from here:
 
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ...config import Config
+from ...module_tree import set_module
 from ...errors import CompressError, ConfigError
 
 __all__ = [
@@ -269,7 +270,7 @@ def apply_config(conv: nn.Conv2d, config: RewriteConfig) -> nn.Module:
 
 def replace_modules(model: nn.Module, handler: Callable[[str, nn.Module], nn.Module | None],
                     filter_fn: Callable[[str, nn.Module], bool]) -> list[str]:
-    """Swap every submodule selected by ``filter_fn`` for ``handler(name, module)``; the only module setter.
+    """Swap every submodule selected by ``filter_fn`` for ``handler(name, module)`` (the one module walker).
 
     Modules inside an already replaced module are not visited. ``handler`` may return ``None`` (or the
     module itself) to keep a module.
@@ -290,9 +291,7 @@ def replace_modules(model: nn.Module, handler: Callable[[str, nn.Module], nn.Mod
         new = handler(name, module)
         if new is None or new is module:
             continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, new)
+        set_module(model, name, new)
         replaced.append(name)
     return replaced
 
