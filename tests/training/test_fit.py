@@ -129,3 +129,17 @@ def test_sigint_writes_checkpoint_then_raises_keyboard_interrupt(tmp_path):
         _fit(TinyNet(4), data, config=TrainConfig(epochs=5), checkpoint_path=path, fault_hook=interrupt)
     assert torch.load(path, weights_only=True)["position"]["step"] == 4
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_validation_accuracy_keeps_mixed_train_eval_flags():
+    """A frozen BatchNorm (eval) inside a training model stays frozen after a validation pass."""
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
+    net(torch.zeros(2, 1, 6, 6))
+    net.train()
+    net[1].eval()
+    data = [(torch.randn(4, 1, 6, 6), torch.randint(0, 3, (4,)))]
+    acc = top1_accuracy(net, data, device=torch.device("cpu"))
+    assert 0 <= acc <= 1
+    assert net.training and net[0].training and not net[1].training
