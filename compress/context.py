@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,27 +11,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .records import StepDetails, StepRecord
+
 if TYPE_CHECKING:  # imported lazily at run time to keep `import compress` light
     from .data import DataBundle
 
-__all__ = ["StepRecord", "RunContext"]
-
-
-@dataclass
-class StepRecord:
-    """What one recipe step did and what the model looked like after it.
-
-    Attributes:
-        name: unique name in the run, e.g. ``"prune#2"``.
-        kind: the registered step name, e.g. ``"prune"``.
-        metrics: accuracy (top1/top5 on the test split), params, macs, seconds taken.
-        details: step-specific data returned by the handler (per-layer records, ...).
-    """
-
-    name: str
-    kind: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
+__all__ = ["StepRecord", "RunContext"]  # StepRecord lives in compress.records
 
 
 @dataclass
@@ -51,8 +37,9 @@ class RunContext:
         recipe: the parsed recipe; ``recipe_file`` its path (``None`` for the embedded default).
         step_index: index of the step being executed (``-1`` before the first step).
         rank / world_size: distributed position (0 / 1 when not distributed).
-        state: free-form per-run data steps share: ``"resume"`` (the current step continues a killed run),
-            ``"verbose"`` (progress bars on), ``"baseline_origin"``.
+        verbose: progress bars and step lines on (already ``False`` on ranks other than 0).
+        resume: the step being executed continues a killed run (its checkpoint may be picked up).
+        baseline_origin: where the baseline came from (see :class:`~compress.records.BaselineDetails`).
     """
 
     out_dir: Path
@@ -70,7 +57,9 @@ class RunContext:
     step_index: int = -1
     rank: int = 0
     world_size: int = 1
-    state: dict[str, Any] = field(default_factory=dict)
+    verbose: bool = True
+    resume: bool = False
+    baseline_origin: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -84,10 +73,24 @@ class RunContext:
         model = self.model if model is None else model
         c = cost(model, self.example_inputs)
         acc = evaluate(model, self.data.test, device=self.device, reference=self.baseline,
-                       verbose=bool(self.state.get("verbose", True)))
+                       verbose=self.verbose)
         return {"params": c.params, "macs": c.macs, **acc.summary()}
 
-    def record(self, kind: str, details: dict[str, Any] | None = None, *, seconds: float | None = None,
+    def calibration(self, batches: int | None, *, split: str = "calib") -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``batches`` batches of ``split`` (``None``: all) as ``(images, labels)`` on :attr:`device`.
+
+        The one way steps get calibration data: the calibration and val loaders are not shuffled, so every
+        rank of a distributed run sees the same batches. An absent split (``val: 0``) gives ``[]``.
+
+        Returns:
+            ``[(images (B, C, H, W), labels (B,))]``.
+        """
+        loader = getattr(self.data, split, None)
+        if loader is None:
+            return []
+        return [(x.to(self.device), y.to(self.device)) for x, y, *_ in itertools.islice(loader, batches)]
+
+    def record(self, kind: str, details: StepDetails | None = None, *, seconds: float | None = None,
                measure: bool = True) -> StepRecord:
         """Append a :class:`StepRecord` for the current model and return it."""
         count = sum(1 for r in self.records if r.kind == kind) + 1
@@ -95,7 +98,7 @@ class RunContext:
         metrics = self.measure() if measure else {}
         if seconds is not None:
             metrics["seconds"] = round(seconds, 3)
-        rec = StepRecord(name=name, kind=kind, metrics=metrics, details=details or {})
+        rec = StepRecord(name=name, kind=kind, metrics=metrics, details=details)
         self.records.append(rec)
         return rec
 

@@ -6,7 +6,6 @@ import logging
 import copy
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -14,20 +13,22 @@ import yaml
 
 from .baseline import obtain_baseline
 from .config import to_plain
-from .context import RunContext, StepRecord
+from .context import RunContext
 from .data import build_data
 from .env import environment, resolve_device, seed_everything
 from .errors import CompressError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .outdir import MARKER, OutDirLock, prepare_out_dir, undo_prepare
 from .recipe.registry import get_step
+from .records import BaselineDetails, StepRecord
 from .recipe.schema import Recipe, load_recipe, recipe_to_data
 
 __all__ = ["run_recipe", "PROGRESS_FILE"]
 
 LOG = logging.getLogger(__name__)
 
-PROGRESS_FILE = "progress.json"  # inside OUT/state: completed steps and their records
+PROGRESS_FILE = "progress.json"  # inside OUT/state: completed steps and their records (plain JSON, for people)
+RECORDS_FILE = "records.pt"  # inside OUT/state: the same records, typed (what a resumed run continues with)
 
 
 def _state_dir(out: Path) -> Path:
@@ -40,9 +41,10 @@ def _save_progress(ctx: RunContext, completed: int) -> None:
 
     state = _state_dir(ctx.out_dir)
     save(ctx.model, state / "model.pt", spec=ctx.recipe.model.spec())
+    atomic_torch_save(ctx.records, state / RECORDS_FILE)  # the typed records, exactly (resume restores them)
     atomic_write_json(state / PROGRESS_FILE, {
         "completed": completed,
-        "records": [asdict(r) for r in ctx.records],
+        "records": [r.to_plain() for r in ctx.records],
         "analysis": str(ctx.out_dir / "analysis") if ctx.analysis is not None else None,
         "recipe": to_plain(ctx.recipe),
     })
@@ -61,12 +63,24 @@ def _load_progress(ctx: RunContext) -> int:
         raise CompressError(f"--resume {ctx.out_dir}: the recipe differs from the one this run started with "
                             f"(saved in {ctx.out_dir / 'recipe.yaml'}); resume with that recipe")
     ctx.model = load(state / "model.pt").to(ctx.device)
-    ctx.records = [StepRecord(**r) for r in progress["records"]]
+    ctx.records = _load_records(state / RECORDS_FILE)
     if progress.get("analysis"):
         from .analysis import load_analysis
 
         ctx.analysis = load_analysis(progress["analysis"])
     return int(progress["completed"])
+
+
+def _load_records(path: Path) -> list[StepRecord]:
+    """The typed step records a killed run saved (this run's own file: a pickle of compress's dataclasses)."""
+    try:
+        records = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, EOFError, RuntimeError, AttributeError, ModuleNotFoundError) as err:
+        raise CompressError(f"--resume: cannot read the saved step records {path} ({type(err).__name__}: {err}); "
+                            "start the run again without --resume") from None
+    if not isinstance(records, list) or not all(isinstance(r, StepRecord) for r in records):
+        raise CompressError(f"--resume: {path} does not hold step records; start the run again without --resume")
+    return records
 
 
 def _build_context(recipe: Recipe, recipe_name: str | None, out: Path, device: torch.device, rank: int,
@@ -89,8 +103,8 @@ def _build_context(recipe: Recipe, recipe_name: str | None, out: Path, device: t
                      example_inputs=example, recipe=recipe, recipe_file=recipe_name, rank=rank, world_size=world,
                      environment=environment(seed=recipe.seed, device=device))
     ctx.environment["world_size"] = world
-    ctx.state["baseline_origin"] = origin
-    ctx.state["verbose"] = verbose and rank == 0
+    ctx.baseline_origin = origin
+    ctx.verbose = verbose and rank == 0
     return ctx
 
 
@@ -106,11 +120,13 @@ def _run_steps(ctx: RunContext, start: int, verbose: bool) -> None:
         seed_everything(ctx.seed + 1000 * (index + 1))
         began = time.perf_counter()
         try:
-            details = spec.handler(ctx, entry.config) or {}
+            details = spec.handler(ctx, entry.config)
         except CompressError as err:  # name the step: the same kind may appear several times in a recipe
             raise CompressError(f"steps[{index}] {entry.name}: {err}") from err
+        if not isinstance(details, spec.details):  # a bug in the step, not the user's input
+            raise TypeError(f"step {entry.name!r} returned {type(details).__name__}, not {spec.details.__name__}")
         seconds = time.perf_counter() - began
-        ctx.state["resume"] = False
+        ctx.resume = False
         if entry.name != "report":
             rec = ctx.record(entry.name, details, seconds=seconds)
             if verbose and ctx.is_main:
@@ -186,7 +202,7 @@ def _first_step(ctx: RunContext, resume: bool, verbose: bool) -> int:
     if not resume:
         return 0
     start = max(_load_progress(ctx) + 1, 0)
-    ctx.state["resume"] = True
+    ctx.resume = True
     if verbose and ctx.is_main:
         LOG.info(f"resuming {ctx.out_dir} at step {start + 1}/{len(ctx.recipe.steps)}")
     return start
@@ -197,7 +213,7 @@ def _record_baseline(ctx: RunContext) -> None:
     from .serialization import save
 
     ctx.records.append(StepRecord("baseline", "baseline", ctx.measure(ctx.baseline),
-                                  {"origin": ctx.state["baseline_origin"]}))
+                                  BaselineDetails(origin=ctx.baseline_origin)))
     if ctx.is_main:
         atomic_write_text(ctx.out_dir / "recipe.yaml", yaml.safe_dump(recipe_to_data(ctx.recipe), sort_keys=False))
         save(ctx.baseline, ctx.out_dir / "baseline.pt", spec=ctx.recipe.model.spec())
@@ -210,8 +226,8 @@ def _write_results(ctx: RunContext) -> None:
 
     save(ctx.model, ctx.out_dir / "model.pt", spec=ctx.recipe.model.spec())
     atomic_write_json(ctx.out_dir / "run.json", {"environment": ctx.environment, "data": ctx.data.describe(),
-                                                 "baseline": ctx.state["baseline_origin"],
-                                                 "steps": [asdict(r) for r in ctx.records]})
+                                                 "baseline": ctx.baseline_origin,
+                                                 "steps": [r.to_plain() for r in ctx.records]})
 
 
 def _with_device(recipe: Recipe, device: str) -> Recipe:

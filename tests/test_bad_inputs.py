@@ -386,14 +386,15 @@ def test_custom_layer_is_left_untouched(tmp_path, user_nets, isolated_cache):
     assert torch.equal(custom.weight, original.weight) and torch.equal(custom.bias, original.bias)
     assert [r.kind for r in ctx.records] == ["baseline", "analyze", "prune", "rewrite"]
     # the transforms did work on the layers they know
-    assert ctx.records[2].details["layers"]["conv2"] == [16, 12]
-    assert ctx.records[3].details["rewritten"] >= 1
+    prune, rewrite = ctx.records[2].details, ctx.records[3].details
+    assert (prune.result.channels_before["conv2"], prune.result.channels_after["conv2"]) == (16, 12)
+    assert rewrite.rewritten >= 1
 
 
 def test_custom_layer_is_named_as_skipped(tmp_path, user_nets, isolated_cache):
     ctx = _custom_run(tmp_path, user_nets)
     for record in ctx.records[2:]:  # prune, rewrite
-        assert "custom" in json.dumps(record.details), record.kind
+        assert "custom" in json.dumps(record.details.to_plain()), record.kind
 
 
 def _grouped_3(tmp_path, checkpoint, layer="layers.0.0.conv1"):

@@ -1,4 +1,5 @@
 """End to end: the tiny recipe through the CLI, output-directory safety, runner-level resume."""
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -76,13 +77,30 @@ def test_resume_after_interrupt_matches_uninterrupted(out, tmp_path, monkeypatch
         calls["n"] += 1
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(registry._STEPS, "finetune", registry.StepSpec("finetune", spec.config, interrupted, ""))
+    monkeypatch.setitem(registry._STEPS, "finetune", dataclasses.replace(spec, handler=interrupted))
     assert main([TINY, "--out", str(out), *args]) == 130
     assert calls["n"] == 1 and not (out / "model.pt").exists()
     monkeypatch.setitem(registry._STEPS, "finetune", spec)
     assert main([TINY, "--resume", str(out), *args]) == 0
     for (name, a), b in zip(_weights(reference / "model.pt").items(), _weights(out / "model.pt").values()):
         assert torch.equal(a, b), name
+    # the typed records of the steps before the interruption come back from the saved state, not re-measured
+    ref, resumed = (json.loads((d / "run.json").read_text())["steps"] for d in (reference, out))
+    assert [s["kind"] for s in resumed] == [s["kind"] for s in ref] == ["baseline", "analyze", "prune", "calibrate",
+                                                                          "finetune"]
+    prune = [s["details"] for s in (ref[2], resumed[2])]
+    for d in prune:
+        d.pop("seconds")
+    assert prune[0] == prune[1] and prune[1]["macs_after"] < prune[1]["macs_before"]
+
+
+def test_step_returning_the_wrong_record_type_is_a_bug_not_a_user_error(out, monkeypatch):
+    from compress.recipe import registry
+
+    spec = registry.get_step("calibrate")
+    monkeypatch.setitem(registry._STEPS, "calibrate", dataclasses.replace(spec, handler=lambda ctx, cfg: {}))
+    with pytest.raises(TypeError, match="returned dict, not CalibrateDetails"):
+        main([TINY, "--out", str(out), "--quiet", "--set", "steps=[calibrate]"])
 
 
 def test_cli_shows_progress_lines_and_quiet_silences_them(capsys):

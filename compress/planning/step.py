@@ -7,15 +7,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Literal
 
 from ..config import MAX_BATCH, Config, check
 from ..measurement.timing import DTYPE_NAMES
 from ..recipe.registry import register_step
+from ..records import StepDetails
 from .apply import apply_plan
 from .candidates import form_kinds
 from .planner import TARGETS, plan
+from .result import Plan
 
 __all__ = ["PlanStep", "plan_step"]
 
@@ -66,16 +67,30 @@ class PlanStep(Config):
         check(self.align is None or self.align >= 1, "align", "null or an integer >= 1", self.align)
 
 
-@register_step("plan", PlanStep)
-def plan_step(ctx: Any, cfg: PlanStep) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PlanDetails(StepDetails):
+    """What the ``plan`` step planned, measured and applied.
+
+    Attributes:
+        plan: the plan (target, choices, predicted and measured ratios, closed-loop rounds, verdict, notes).
+    """
+
+    plan: Plan
+
+    def to_plain(self) -> dict[str, Any]:
+        return {**self.plan.as_dict(), "summary": self.plan.summary_lines()}
+
+
+@register_step("plan", PlanStep, PlanDetails)
+def plan_step(ctx: Any, cfg: PlanStep) -> PlanDetails:
     """Plan per-layer widths and rewrites that meet a measured latency/MACs/params target, and apply them."""
     from ..analysis import analyze
     from ..training import distributed as D
 
     ctx.model = D.unwrap(ctx.model)
-    verbose = bool(ctx.state.get("verbose", True)) and ctx.is_main
+    verbose = ctx.verbose and ctx.is_main
     analysis = ctx.analysis
-    batches = list(islice(ctx.data.calib, cfg.calib_batches))  # the same (unshuffled) batches on every rank
+    batches = ctx.calibration(cfg.calib_batches)
     if analysis is None:  # on every rank: analyze all-reduces its statistics
         analysis = analyze(ctx.model, batches, verbose=verbose)
     result = None
@@ -88,4 +103,4 @@ def plan_step(ctx: Any, cfg: PlanStep) -> dict[str, Any]:
     result = D.broadcast_object(result)  # every rank applies the same plan
     apply_plan(ctx.model, result, ctx.example_inputs, calib=batches)
     ctx.analysis = None  # channel indices changed: the old analysis no longer describes the model
-    return {**result.as_dict(), "summary": result.summary_lines()}
+    return PlanDetails(plan=result)

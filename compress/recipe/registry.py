@@ -1,8 +1,9 @@
 """The step registry: one place where recipe step names map to (config class, handler).
 
-A step module declares a frozen :class:`compress.config.Config` subclass for its options and registers a
-handler ``(ctx: RunContext, cfg) -> dict`` with :func:`register_step`. The returned dict is stored as the
-step's ``details`` in the run record and the report.
+A step module declares a frozen :class:`compress.config.Config` subclass for its options, a
+:class:`compress.records.StepDetails` subclass for what it reports, and registers a handler
+``(ctx: RunContext, cfg) -> Details`` with :func:`register_step`. The returned record is the step's ``details``
+in the run record and the report.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..config import Config
+from ..records import StepDetails
 
 __all__ = ["StepSpec", "register_step", "get_step", "list_steps", "STEP_MODULES"]
 
@@ -27,23 +29,26 @@ STEP_MODULES = (
 
 @dataclass(frozen=True)
 class StepSpec:
+    """One registered step: its recipe name, options type, details type, handler and one-line doc."""
+
     name: str
     config: type[Config]
-    handler: Callable[[Any, Any], dict]
+    details: type[StepDetails]
+    handler: Callable[[Any, Any], StepDetails]
     doc: str
 
 
 _STEPS: dict[str, StepSpec] = {}
 
 
-def register_step(name: str, config: type[Config]) -> Callable:
-    """Decorator: register ``handler(ctx, cfg) -> dict`` as recipe step ``name`` with options ``config``."""
+def register_step(name: str, config: type[Config], details: type[StepDetails]) -> Callable:
+    """Decorator: register ``handler(ctx, cfg) -> details`` as recipe step ``name`` with options ``config``."""
 
-    def decorate(handler: Callable[[Any, Any], dict]) -> Callable[[Any, Any], dict]:
+    def decorate(handler: Callable[[Any, Any], StepDetails]) -> Callable[[Any, Any], StepDetails]:
         if name in _STEPS and _STEPS[name].handler is not handler:
             raise ValueError(f"recipe step {name!r} registered twice")
-        _STEPS[name] = StepSpec(name, config, handler, (handler.__doc__ or "").strip().splitlines()[0:1] and
-                                (handler.__doc__ or "").strip().splitlines()[0])
+        doc = (handler.__doc__ or "").strip().splitlines()
+        _STEPS[name] = StepSpec(name, config, details, handler, doc[0] if doc else "")
         return handler
 
     return decorate

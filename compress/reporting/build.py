@@ -9,7 +9,7 @@ import torch
 
 from ..env import cpu_model, package_version
 from ..measurement import Comparison, cost
-from .jsonable import jsonable
+from ..jsonable import jsonable
 from .layers import layer_rows
 from .schema import SCHEMA_VERSION, validate
 
@@ -53,8 +53,7 @@ def summary_of(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _steps(records: Sequence[Any]) -> list[dict[str, Any]]:
-    return [{"name": r.name, "kind": r.kind, "metrics": jsonable(r.metrics or {}),
-             "details": jsonable(r.details or {})} for r in records]
+    return [r.to_plain() for r in records]
 
 
 # The per-layer fields of compress.transforms.rewrite.apply.RewriteRecord that the report shows: read by their
@@ -63,18 +62,12 @@ REWRITE_KEYS = ("kind", "macs_before", "macs_after", "weight_error", "output_err
 
 
 def _rewrites(records: Sequence[Any]) -> list[dict[str, Any]]:
-    """Per-layer rewrite records (``details["layers"]``) of every step, tagged with the step name."""
-    rows = []
-    for r in records:
-        layers = (r.details or {}).get("layers")
-        if not isinstance(layers, list):
-            continue
-        for item in layers:
-            if isinstance(item, dict) and "layer" in item:
-                row = {"step": r.name, "layer": str(item["layer"])}
-                row.update({k: jsonable(item.get(k)) for k in REWRITE_KEYS})
-                rows.append(row)
-    return rows
+    """Per-layer rewrite records of every ``rewrite`` step, tagged with the step name (read by field name: a
+    renamed :class:`~compress.transforms.rewrite.apply.RewriteRecord` field fails here, never an empty column)."""
+    from ..transforms.rewrite.step import RewriteDetails  # deferred: reporting must not import the transforms
+
+    return [{"step": r.name, "layer": item.layer, **{k: jsonable(getattr(item, k)) for k in REWRITE_KEYS}}
+            for r in records if isinstance(r.details, RewriteDetails) for item in r.details.layers]
 
 
 def _final_metrics(ctx: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from ..config import MAX_BATCH, MAX_RUNS, MAX_THREADS, Config, check
 from ..measurement import Comparison, compare_latency
 from ..measurement.timing import DTYPE_NAMES, MIN_RUNS, num_threads
 from ..recipe.registry import register_step
+from ..records import StepDetails
 from .build import BASELINE, COMPRESSED, build_report
 from .console import summary_text
 from .tables import verdict_lines
@@ -91,18 +92,31 @@ def measure_latency(ctx: Any, cfg: ReportStep, notes: list[str]) -> list[Compari
     with num_threads(cfg.threads):
         return [compare_latency(models, ctx.example_inputs, device=device, batch_sizes=cfg.batch_sizes, dtype=dtype,
                                 channels_last=layout, runs=cfg.runs, per_layer=cfg.per_layer and i == 0, fold_bn=cfg.fold_bn,
-                                verbose=bool(ctx.state.get("verbose", True)))
+                                verbose=ctx.verbose)
                 for i, (device, dtype, layout) in enumerate(_settings(cfg, notes))]
 
 
-@register_step("report", ReportStep)
-def report_step(ctx: Any, cfg: ReportStep) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ReportDetails(StepDetails):
+    """What the ``report`` step wrote (the report itself is not a step record).
+
+    Attributes:
+        files: the written files (``report.json``, ``report.md``, ``report.html``, plots).
+        verdicts: one line per latency comparison, slower ones said so.
+    """
+
+    files: list[str] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+
+
+@register_step("report", ReportStep, ReportDetails)
+def report_step(ctx: Any, cfg: ReportStep) -> ReportDetails:
     """Measure latency, then write report.json, report.md, report.html and plots into the run folder."""
     if not ctx.is_main:
-        return {}
+        return ReportDetails()
     notes: list[str] = []
     comparisons = measure_latency(ctx, cfg, notes)
     report = build_report(ctx, comparisons=comparisons, notes=notes)
     files = write_report(report, ctx.out_dir, plots=cfg.plots, analysis=ctx.analysis)
     LOG.info(summary_text(report))
-    return {"files": [str(p) for p in files], "verdicts": verdict_lines(report)}
+    return ReportDetails(files=[str(p) for p in files], verdicts=verdict_lines(report))

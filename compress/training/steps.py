@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config, check, to_plain
+from ..jsonable import jsonable
 from ..recipe.registry import register_step
+from ..records import StepDetails
 from . import distributed as D
 from .calibrate import calibrate_bn
 from .config import DistillConfig, TrainConfig
+from .history import TrainHistory
 from .loop import fit
 
-__all__ = ["FinetuneStep", "CalibrateStep", "finetune", "calibrate"]
+__all__ = ["FinetuneStep", "CalibrateStep", "FinetuneDetails", "CalibrateDetails", "finetune", "calibrate"]
 
 
 @dataclass(frozen=True)
@@ -51,23 +54,51 @@ class CalibrateStep(Config):
         check(self.max_batches >= 1, "max_batches", "an integer >= 1", self.max_batches)
 
 
-@register_step("finetune", FinetuneStep)
-def finetune(ctx: Any, cfg: FinetuneStep) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FinetuneDetails(StepDetails):
+    """What the ``finetune`` step trained.
+
+    Attributes:
+        distill: the distillation settings used (``None``: labels only).
+        history: the full training record (per-step loss and learning rate, per-epoch accuracy, best epoch).
+    """
+
+    distill: dict[str, Any] | None
+    history: TrainHistory
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"distill": self.distill, **jsonable(self.history.summary())}
+
+
+@dataclass(frozen=True)
+class CalibrateDetails(StepDetails):
+    """What the ``calibrate`` step re-estimated.
+
+    Attributes:
+        bn_layers: BatchNorm layers whose running statistics were re-estimated.
+        batches: calibration batches averaged.
+    """
+
+    bn_layers: int
+    batches: int
+
+
+@register_step("finetune", FinetuneStep, FinetuneDetails)
+def finetune(ctx: Any, cfg: FinetuneStep) -> FinetuneDetails:
     """Fine-tune the model on the train split, distilling from the baseline unless ``distill: null``."""
     ctx.model = D.unwrap(ctx.model)
     history = fit(ctx.model, ctx.data.train, val_loader=ctx.data.val, config=cfg.train_config(), device=ctx.device,
                   teacher=ctx.baseline if cfg.distill is not None else None, distill=cfg.distill,
                   checkpoint_path=ctx.out_dir / "checkpoints" / f"step{ctx.step_index}.pt",
-                  resume=bool(ctx.state.get("resume", False)), seed=ctx.seed + ctx.step_index,
-                  verbose=bool(ctx.state.get("verbose", True)))
-    return {"distill": to_plain(cfg.distill), **history.summary()}
+                  resume=ctx.resume, seed=ctx.seed + ctx.step_index, verbose=ctx.verbose)
+    return FinetuneDetails(distill=to_plain(cfg.distill), history=history)
 
 
-@register_step("calibrate", CalibrateStep)
-def calibrate(ctx: Any, cfg: CalibrateStep) -> dict[str, Any]:
+@register_step("calibrate", CalibrateStep, CalibrateDetails)
+def calibrate(ctx: Any, cfg: CalibrateStep) -> CalibrateDetails:
     """Re-estimate BatchNorm running statistics on calibration batches (no gradients, no weight change)."""
     ctx.model = D.unwrap(ctx.model)
     layers = calibrate_bn(ctx.model, ctx.data.calib, max_batches=cfg.max_batches, device=ctx.device,
-                          verbose=bool(ctx.state.get("verbose", True)) and ctx.is_main)
+                          verbose=ctx.verbose and ctx.is_main)
     D.broadcast_module(ctx.model)  # ranks must agree even if the calibration loader's order differs per rank
-    return {"bn_layers": layers, "batches": min(cfg.max_batches, len(ctx.data.calib))}
+    return CalibrateDetails(bn_layers=layers, batches=min(cfg.max_batches, len(ctx.data.calib)))

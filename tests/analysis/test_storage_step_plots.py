@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -65,15 +64,15 @@ def test_step_config_validation():
 
 
 @pytest.mark.parametrize("is_main", [True, False])
-def test_step_sets_context_and_saves_on_main(planted, tmp_path, is_main):
+def test_step_sets_context_and_saves_on_main(planted, tmp_path, step_context, is_main):
     net, batches, _ = planted
-    ctx = SimpleNamespace(model=net, state={"verbose": False}, data=SimpleNamespace(calib=batches), device=torch.device("cpu"),
-                          out_dir=tmp_path, is_main=is_main, analysis=None)
+    ctx = step_context(net, calib=batches, rank=0 if is_main else 1)
     details = analyze_step(ctx, AnalyzeStep(max_batches=2))
     assert isinstance(ctx.analysis, Analysis) and ctx.analysis.batches == 2
-    assert details["layers"]["conv2"]["dead_total"] == 4
+    assert details.layers["conv2"]["dead_total"] == 4 and details.batches == 2
     assert (tmp_path / "analysis" / "analysis.json").exists() == is_main
-    json.dumps(details)  # JSON-friendly
+    assert details.saved_to == ("analysis" if is_main else None)
+    json.dumps(details.to_plain())  # JSON-friendly
 
 
 def test_plots_write_png(planted, tmp_path):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
+import json
 
 import pytest
 import torch
@@ -51,16 +51,18 @@ def test_bad_options(data, field):
     assert err.value.field == f"steps[3].plan.{field}"
 
 
-def test_handler_plans_applies_and_reports(tmp_path, x):
+def test_handler_plans_applies_and_reports(tmp_path, x, step_context):
     model = tiny_net()
     original = copy.deepcopy(model)
     torch.manual_seed(3)
     calib = [(torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)) for _ in range(6)]
-    ctx = SimpleNamespace(model=model, example_inputs=x, analysis=None, data=SimpleNamespace(calib=calib),
-                          state={"verbose": False}, is_main=True)
+    ctx = step_context(model, calib=calib, example_inputs=x)
     cfg = parse(PlanStep, {"target": {"macs": 0.6}, "batch": 2, "forms": ["prune"], "calib_batches": 2,
                            "cache_dir": str(tmp_path)})
-    details = plan_step(ctx, cfg)
+    record = plan_step(ctx, cfg)
+    details = record.to_plain()
+    json.dumps(details)
+    assert record.plan.macs_ratio == details["macs_ratio"]
     ratio = cost(ctx.model, x).macs / cost(original, x).macs
     assert details["met"] and details["macs_ratio"] == pytest.approx(ratio) and ratio <= 0.62
     assert details["choices"] and details["summary"][0] == details["verdict"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from compress.measurement import LayerLatency, cost
-from compress.reporting.jsonable import jsonable
+from compress.jsonable import jsonable
 from compress.reporting.layers import layer_rows
 from compress.reporting.schema import schema_errors
 

@@ -15,7 +15,7 @@ from compress.config import parse
 from compress.errors import ConfigError
 from compress.reporting import REPORT_SCHEMA, SchemaError, fmt, schema_errors, summary_text, validate
 from compress.reporting.html import image_sources
-from compress.reporting.step import ReportStep, report_step
+from compress.reporting.step import ReportDetails, ReportStep, report_step
 
 PNG = b"\x89PNG\r\n\x1a\n"
 QUICK = {"batch_sizes": [1, 2], "runs": 20}
@@ -55,14 +55,15 @@ def test_report_step_writes_valid_report(tiny_ctx, caplog):
     assert report["final"]["macs"] < report["baseline"]["macs"]
     # one latency row per batch size, each with a verdict that also appears in report.md and the console
     assert [r["batch"] for r in report["latency"]] == [1, 2]
-    assert out["verdicts"] and len(out["verdicts"]) == 2
+    assert out.verdicts and len(out.verdicts) == 2
     printed = caplog.text  # the summary is logged (the CLI shows it on stdout)
-    for row, line in zip(report["latency"], out["verdicts"]):
+    for row, line in zip(report["latency"], out.verdicts):
         assert row["ratio"] == pytest.approx(row["baseline_ms"] / row["compressed_ms"], rel=1e-3)
         assert row["verdict"].startswith(("faster by", "SLOWER by", "no measurable difference"))
         assert line in md and line in printed
     # the rewrite table carries the errors the step's RewriteRecord measured (one key name end to end)
     emitted = report["steps"][2]["details"]["layers"][0]
+    assert emitted["weight_error"] == tiny_ctx.records[2].details.layers[0].weight_error  # the typed record
     row = report["rewrites"][0]
     assert 0.0 < row["weight_error"] < 1.0 and row["weight_error"] == pytest.approx(emitted["weight_error"])
     assert row["output_error"] is not None and row["output_error"] == pytest.approx(emitted["output_error"])
@@ -70,7 +71,7 @@ def test_report_step_writes_valid_report(tiny_ctx, caplog):
     assert table_row.rstrip().endswith(f"| {fmt.num(row['weight_error'])} | {fmt.num(row['output_error'])} |")
     sources = _assert_images_are_pngs(tiny_ctx, html)
     assert set(sources) == set(report["plots"]) and "plots/layer_latency.png" in sources
-    assert {str(tiny_ctx.out_dir / s) for s in sources} <= set(out["files"])
+    assert {str(tiny_ctx.out_dir / s) for s in sources} <= set(out.files)
 
 
 def test_schema_violations_are_caught(tiny_ctx):
@@ -93,7 +94,7 @@ def test_tolerant_without_latency_plots_or_analysis(tiny_ctx):
     out = report_step(tiny_ctx, parse(ReportStep, {"latency": False, "plots": False}))
     report, md, html = _files(tiny_ctx)
     validate(report)
-    assert report["latency"] == [] and report["plots"] == [] and out["verdicts"] == []
+    assert report["latency"] == [] and report["plots"] == [] and out.verdicts == []
     assert "latency not measured (report.latency: false)" in report["notes"]
     assert "Latency was not measured." in md and "Per-layer latency was not measured." in md
     assert image_sources(html) == []
@@ -152,7 +153,7 @@ def test_missing_analysis_plot_module_becomes_a_note(tiny_ctx, monkeypatch):
 
 def test_non_main_rank_writes_nothing(tiny_ctx):
     tiny_ctx.rank = 1
-    assert report_step(tiny_ctx, parse(ReportStep, {"latency": False})) == {}
+    assert report_step(tiny_ctx, parse(ReportStep, {"latency": False})) == ReportDetails()
     assert not (tiny_ctx.out_dir / "report.json").exists()
 
 
@@ -189,5 +190,5 @@ def test_cuda_rows_fp32_and_bf16_channels_last(tiny_ctx):
     cuda = [r for r in report["latency"] if r["device"].startswith("cuda")]
     assert {(r["dtype"], r["batch"]) for r in cuda} == {(d, b) for d in ("float32", "bfloat16") for b in (1, 8)}
     assert all(r["channels_last"] and r["compressed_ms"] > 0 for r in cuda)
-    assert len(out["verdicts"]) == 6 and all(v in md for v in out["verdicts"])
+    assert len(out.verdicts) == 6 and all(v in md for v in out.verdicts)
     _assert_images_are_pngs(tiny_ctx, html)

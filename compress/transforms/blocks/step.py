@@ -13,12 +13,12 @@ latency planner (``plan`` with form ``drop``) chooses blocks by measured time in
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import Any
 
 from ...config import Config, check
 from ...errors import ConfigError
 from ...recipe.registry import register_step
+from ...records import StepDetails
 
 __all__ = ["DropStep", "drop_step"]
 
@@ -57,18 +57,34 @@ def choose_blocks(errors: dict[str, float], *, max_error: float, max_blocks: int
     return [n for _, n in fit[:max_blocks]]
 
 
-@register_step("drop", DropStep)
-def drop_step(ctx: Any, cfg: DropStep) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class DropDetails(StepDetails):
+    """What the ``drop`` step measured and did.
+
+    Attributes:
+        errors: per droppable block, the relative output energy it loses when replaced by the identity
+            (measured with every block in place), rounded to 6 digits.
+        dropped: the blocks replaced, in order.
+        analysis_invalidated: the run's analysis was dropped because layers are gone.
+    """
+
+    errors: dict[str, float] = dataclasses.field(default_factory=dict)
+    dropped: list[str] = dataclasses.field(default_factory=list)
+    analysis_invalidated: bool = False
+
+
+@register_step("drop", DropStep, DropDetails)
+def drop_step(ctx: Any, cfg: DropStep) -> DropDetails:
     """Replace identity-shortcut residual blocks by the identity (named, or those losing little output energy)."""
     from ...training import distributed as D
     from .drop import block_drop_errors, drop_blocks
 
     ctx.model = D.unwrap(ctx.model)
-    batches = list(itertools.islice(ctx.data.calib, cfg.calib_batches))  # same unshuffled batches on every rank
+    batches = ctx.calibration(cfg.calib_batches)
     errors = block_drop_errors(ctx.model, batches)
     chosen = list(cfg.blocks) or choose_blocks(errors, max_error=cfg.max_error, max_blocks=cfg.max_blocks)
     dropped = drop_blocks(ctx.model, chosen) if chosen else []
     if dropped:
         ctx.analysis = None  # the analysis describes layers that are gone
-    return {"errors": {n: round(e, 6) for n, e in errors.items()}, "dropped": dropped,
-            "analysis_invalidated": bool(dropped)}
+    return DropDetails(errors={n: round(e, 6) for n, e in errors.items()}, dropped=dropped,
+                       analysis_invalidated=bool(dropped))

@@ -10,7 +10,6 @@ Example (YAML)::
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,8 +17,10 @@ import torch
 
 from ...config import Config, check
 from ...recipe.registry import register_step
+from ...records import StepDetails
+from ...jsonable import jsonable
 from .layer_roles import unknown_layers
-from .pruner import prune
+from .pruner import PruneResult, prune
 
 __all__ = ["PruneStep", "prune_step"]
 
@@ -71,26 +72,36 @@ class PruneStep(Config):
         check(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)
 
 
-def _calibration(ctx: Any, batches: int, split: str = "calib") -> list[tuple[torch.Tensor, torch.Tensor]]:
-    loader = getattr(ctx.data, split, None)
-    if loader is None:
-        return []
-    return [(x.to(ctx.device), y.to(ctx.device)) for x, y in itertools.islice(loader, batches)]
+@dataclass(frozen=True)
+class PruneDetails(StepDetails):
+    """What the ``prune`` step did.
+
+    Attributes:
+        result: the pruning result (MACs, params and widths before/after, dead channels, target met).
+        unknown_layers: layers with weights of their own that no transform understands (left alone).
+        analysis_invalidated: the run's analysis was dropped because channel indices changed.
+    """
+
+    result: PruneResult
+    unknown_layers: list[str] = field(default_factory=list)
+    analysis_invalidated: bool = False
+
+    def to_plain(self) -> dict[str, Any]:
+        return {**jsonable(self.result.to_dict()), "unknown_layers": list(self.unknown_layers),
+                "analysis_invalidated": self.analysis_invalidated}
 
 
-@register_step("prune", PruneStep)
-def prune_step(ctx: Any, cfg: PruneStep) -> dict:
+@register_step("prune", PruneStep, PruneDetails)
+def prune_step(ctx: Any, cfg: PruneStep) -> PruneDetails:
     """Prune channels of the model (torch-pruning dependency groups) by a ratio or down to a MACs target."""
-    calib = _calibration(ctx, cfg.calib_batches)
+    calib = ctx.calibration(cfg.calib_batches)
     result = prune(ctx.model, ctx.example_inputs, ratio=cfg.ratio, macs_target=cfg.macs_target,
                    importance=cfg.importance, analysis=ctx.analysis, calib=calib or None,
                    remove_dead=cfg.remove_dead, dead_tol=cfg.dead_tol, round_to=cfg.round_to,
                    ignored_layers=cfg.ignored_layers, per_layer=cfg.per_layer, max_steps=cfg.max_steps,
-                   held_out=_calibration(ctx, cfg.calib_batches, "val") or None)
-    details = result.to_dict()
-    details["unknown_layers"] = unknown_layers(ctx.model)
-    if result.channels_after != result.channels_before and ctx.analysis is not None:
+                   held_out=ctx.calibration(cfg.calib_batches, split="val") or None)
+    invalidated = result.channels_after != result.channels_before and ctx.analysis is not None
+    if invalidated:
         # the analysis numbers channels of the model it measured; after pruning it would point at wrong channels
         ctx.analysis = None
-        details["analysis_invalidated"] = True
-    return details
+    return PruneDetails(result, unknown_layers=unknown_layers(ctx.model), analysis_invalidated=invalidated)

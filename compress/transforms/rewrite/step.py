@@ -12,14 +12,16 @@ Accuracy after the step is recorded by the runner; BatchNorm re-calibration and 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config, check, join_path, parse, parse_fields
 from ...errors import CompressError, ConfigError
 from ...recipe.registry import register_step
+from ...records import StepDetails
 from .registry import KindOptions, config_for_kind, kinds
+
+if TYPE_CHECKING:  # the applier imports torch-pruning; recipe parsing must not
+    from .apply import RewriteRecord
 
 __all__ = ["RewriteStep", "run_rewrite"]
 
@@ -80,15 +82,36 @@ class RewriteStep(Config):
 
 
 def _calibration(ctx: Any, cfg: RewriteStep) -> list[Any] | None:
-    """The first ``calib_batches`` calibration images on the model's device, for kinds that read them."""
-    loader = getattr(getattr(ctx, "data", None), "calib", None)
-    if not config_for_kind(cfg.kind).reads_inputs or cfg.calib_batches == 0 or loader is None:
+    """The first ``calib_batches`` calibration images on the run's device, for kinds that read them."""
+    if not config_for_kind(cfg.kind).reads_inputs or cfg.calib_batches == 0:
         return None
-    return [images.to(ctx.example_inputs.device) for images, *_ in itertools.islice(loader, cfg.calib_batches)]
+    return [images for images, _ in ctx.calibration(cfg.calib_batches)] or None
 
 
-@register_step("rewrite", RewriteStep)
-def run_rewrite(ctx: Any, cfg: RewriteStep) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class RewriteDetails(StepDetails):
+    """What the ``rewrite`` step did.
+
+    Attributes:
+        layers: one :class:`~compress.transforms.rewrite.apply.RewriteRecord` per conv considered (rewritten
+            or skipped with its reason).
+        unknown_layers: layers with weights of their own that no transform understands (left alone).
+    """
+
+    layers: list[RewriteRecord] = dataclasses.field(default_factory=list)
+    unknown_layers: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def rewritten(self) -> int:
+        """Convs rewritten (not skipped)."""
+        return sum(r.skipped is None for r in self.layers)
+
+    def to_plain(self) -> dict[str, Any]:
+        return {**super().to_plain(), "rewritten": self.rewritten}
+
+
+@register_step("rewrite", RewriteStep, RewriteDetails)
+def run_rewrite(ctx: Any, cfg: RewriteStep) -> RewriteDetails:
     """Rewrite dense convs into grouped, separable, shuffled, dilated or bottleneck form."""
     from .apply import rewrite  # deferred: keeps recipe parsing free of torch-pruning imports
 
@@ -102,5 +125,4 @@ def run_rewrite(ctx: Any, cfg: RewriteStep) -> dict[str, Any]:
     refused = [f"{r.layer}: {r.skipped}" for r in records if r.skipped and r.layer in named]
     if refused:
         raise CompressError("layers: cannot rewrite the named layer(s): " + "; ".join(refused))
-    return {"layers": [asdict(r) for r in records], "rewritten": sum(r.skipped is None for r in records),
-            "unknown_layers": unknown_layers(ctx.model)}
+    return RewriteDetails(layers=list(records), unknown_layers=unknown_layers(ctx.model))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,10 +25,13 @@ class TinyNet(nn.Module):
         return self.fc(torch.relu(self.bn2(self.conv2(x))).mean(dim=(2, 3)))
 
 
-def _ctx(analysis=None) -> SimpleNamespace:
-    calib = [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))) for _ in range(3)]
-    return SimpleNamespace(model=TinyNet().eval(), example_inputs=torch.randn(1, 3, 8, 8), analysis=analysis,
-                           device=torch.device("cpu"), data=SimpleNamespace(calib=calib))
+@pytest.fixture
+def _ctx(step_context):
+    def make(analysis=None):
+        calib = [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))) for _ in range(3)]
+        return step_context(TinyNet().eval(), calib=calib, example_inputs=torch.randn(1, 3, 8, 8), analysis=analysis)
+
+    return make
 
 
 def test_step_is_registered():
@@ -59,15 +61,17 @@ def test_config_parses_lists_and_mappings():
     assert cfg.ignored_layers == ("fc", "layer4.*") and cfg.per_layer == {"a*": 0.1} and cfg.ratio is None
 
 
-def test_handler_prunes_ctx_model_and_returns_plain_details():
+def test_handler_prunes_ctx_model_and_returns_typed_details(_ctx):
     ctx = _ctx()
-    details = prune_step(ctx, PruneStep.from_dict({"ratio": 0.25, "importance": "taylor"}))
+    record = prune_step(ctx, PruneStep.from_dict({"ratio": 0.25, "importance": "taylor"}))
     assert ctx.model.conv1.out_channels == 12 and ctx.model.fc.out_features == 4
-    assert details["macs_after"] < details["macs_before"] and details["layers"]["conv1"] == [16, 12]
+    assert record.result.macs_after < record.result.macs_before and record.result.channels_after["conv1"] == 12
+    details = record.to_plain()
+    assert details["macs_after"] == record.result.macs_after and details["layers"]["conv1"] == [16, 12]
     json.dumps(details)
 
 
-def test_handler_removes_dead_channels_and_invalidates_the_analysis():
+def test_handler_removes_dead_channels_and_invalidates_the_analysis(_ctx):
     ctx = _ctx()
     ctx.model.bn1.weight.data[[0, 9]] = 0.0
     ctx.model.bn1.bias.data[[0, 9]] = -1.0
@@ -78,5 +82,5 @@ def test_handler_removes_dead_channels_and_invalidates_the_analysis():
 
     ctx.analysis = Analysis()
     details = prune_step(ctx, PruneStep.from_dict({}))  # remove_dead only
-    assert ctx.model.conv1.out_channels == 14 and details["dead"]["channels_removed"] == 2
-    assert ctx.analysis is None and details["analysis_invalidated"]
+    assert ctx.model.conv1.out_channels == 14 and details.result.dead.channels_removed == 2
+    assert ctx.analysis is None and details.analysis_invalidated

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -68,15 +67,16 @@ def test_step_is_registered(monkeypatch):
     assert spec.config is RewriteStep and spec.handler is run_rewrite
 
 
-def test_handler_rewrites_the_context_model():
+def test_handler_rewrites_the_context_model(step_context):
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(32, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
-    ctx = SimpleNamespace(model=model, analysis=None, example_inputs=torch.randn(1, 3, 16, 16))
+    ctx = step_context(model, example_inputs=torch.randn(1, 3, 16, 16))
     cfg = parse(RewriteStep, {"kind": "separable", "T": 2, "exclude": ["4"]})
     details = run_rewrite(ctx, cfg)
-    assert details["rewritten"] == 1
-    (layer,) = details["layers"]
-    assert layer["layer"] == "2" and layer["params"] == {"T": 2} and layer["skipped"] is None
+    assert details.rewritten == 1
+    (layer,) = details.layers
+    assert layer.layer == "2" and layer.params == {"T": 2} and layer.skipped is None
     assert isinstance(model[2], nn.Sequential) and type(model[4]) is nn.Conv2d
-    json.dumps(details)
+    (plain,) = json.loads(json.dumps(details.to_plain()))["layers"]
+    assert plain["layer"] == "2" and plain["weight_error"] == layer.weight_error
     assert model(ctx.example_inputs).shape == (1, 4)

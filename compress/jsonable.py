@@ -1,4 +1,4 @@
-"""Turn step details (tensors, dataclasses, numpy scalars, paths) into strict JSON values."""
+"""Turn step records and report values (tensors, dataclasses, numpy scalars, paths) into strict JSON values."""
 from __future__ import annotations
 
 import dataclasses
