@@ -14,7 +14,7 @@ stores, in one file that ``torch.load(weights_only=True)`` reads:
 :func:`load` rebuilds the original, replaces the described modules (all through :func:`set_module`), resizes the
 direct tensors and loads the state dict strictly. Without a spec, or when a changed module's type is not in the
 whitelist, the whole module is pickled instead, with a warning. :func:`export` writes a ``torch.export``
-program (and ONNX when ``onnx`` is installed) for deployment.
+program (and ONNX when ``onnx`` is installed) for deployment; :func:`onnx_bytes` is its ONNX export alone.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from .modes import evaluating
 from .transforms.modules import ChannelPermute, ChannelShuffle
 from .transforms.prune.tp_compat import ShuffleV2Block
 
-__all__ = ["FORMAT", "save", "load", "export", "describe", "build"]
+__all__ = ["FORMAT", "save", "load", "export", "onnx_bytes", "describe", "build"]
 
 FORMAT = "compress.model/1"
 
@@ -287,17 +287,42 @@ def export(model: nn.Module, example_inputs: torch.Tensor, path: str | Path) -> 
     """
     path = Path(path)
     sample = example_inputs[:1]
-    traced_on = sample.expand(2, *sample.shape[1:]).clone()
     with evaluating(model):
-        batch = torch.export.Dim("batch", min=1)
         with torch.no_grad():
-            program = torch.export.export(model, (traced_on,), dynamic_shapes=({0: batch},))
+            program = torch.export.export(model, (_traced_on(sample),), dynamic_shapes=_dynamic_batch())
         _check_batches(program.module(), model, sample)
         buffer = io.BytesIO()
         torch.export.save(program, buffer)
         written = {"torch_export": atomic_write_bytes(path, buffer.getvalue())}
         written.update(_export_onnx(model, example_inputs, path.with_suffix(".onnx")))
     return written
+
+
+def _dynamic_batch() -> tuple[dict[int, Any]]:
+    """``dynamic_shapes`` of one input whose dimension 0 (the batch) is free (a fresh ``Dim`` each export)."""
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+def _traced_on(sample: torch.Tensor) -> torch.Tensor:
+    """``sample`` ``(1, C, H, W)`` repeated to a batch of 2: torch.export specialises a size-1 dimension."""
+    return sample.expand(2, *sample.shape[1:]).clone()
+
+
+def onnx_bytes(model: nn.Module, example_inputs: torch.Tensor) -> bytes:
+    """``model`` as a serialized ONNX model with a dynamic batch axis (torch.onnx's ``torch.export`` exporter).
+
+    The graph has one input ``input`` ``(batch, C, H, W)`` and one output ``output`` ``(batch, ...)``; it is
+    traced on a batch of 2 built from the first sample of ``example_inputs`` ``(B, C, H, W)``. ``model`` is
+    exported as it is (put it in eval mode first) and not modified.
+
+    Raises:
+        Whatever the exporter raises for a model it cannot export (callers decide how to report it).
+    """
+    with torch.no_grad():
+        program = torch.onnx.export(model, (_traced_on(example_inputs[:1]),), None, dynamo=True,
+                                    dynamic_shapes=_dynamic_batch(), input_names=["input"],
+                                    output_names=["output"], verbose=False)
+    return program.model_proto.SerializeToString()
 
 
 def _check_batches(exported: nn.Module, model: nn.Module, sample: torch.Tensor) -> None:
@@ -323,11 +348,10 @@ def _export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: Path) -> 
         import onnx  # noqa: F401
     except ImportError:
         return {}
-    buffer = io.BytesIO()
     try:
-        torch.onnx.export(model, (example_inputs,), buffer)
+        data = onnx_bytes(model, example_inputs)
     except Exception as err:  # noqa: BLE001 - ONNX is optional; the torch.export archive is already written
         warnings.warn(f"export: ONNX export failed ({type(err).__name__}: {err}); wrote only {path.stem}.pt2",
                       stacklevel=3)
         return {}
-    return {"onnx": atomic_write_bytes(path, buffer.getvalue())}
+    return {"onnx": atomic_write_bytes(path, data)}

@@ -20,8 +20,8 @@ from torch import nn
 from ..env import resolve_device
 from ..errors import CompressError
 
-__all__ = ["DTYPE_NAMES", "Stats", "as_dtype", "dtype_name", "resolve_device", "prepare", "make_batch", "time_call",
-           "cudnn_benchmark", "num_threads", "MIN_RUNS"]
+__all__ = ["DTYPE_NAMES", "Stats", "as_dtype", "dtype_name", "resolve_device", "prepare", "make_batch", "to_layout",
+           "time_call", "cudnn_benchmark", "num_threads", "MIN_RUNS"]
 
 MIN_RUNS = 20  # fewer runs make the median and IQR too noisy to support a faster/slower verdict
 
@@ -95,7 +95,13 @@ def make_batch(example_inputs: torch.Tensor, batch: int, *, device: torch.device
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 2:
         raise CompressError("latency: example_inputs must be one tensor of shape (1, C, H, W), got "
                             f"{type(example_inputs).__name__}")
-    x = example_inputs[:1].expand(batch, *example_inputs.shape[1:]).to(device=device, dtype=dtype)
+    x = example_inputs[:1].expand(batch, *example_inputs.shape[1:])
+    return to_layout(x, device=device, dtype=dtype, channels_last=channels_last)
+
+
+def to_layout(x: torch.Tensor, *, device: torch.device, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """``x`` on ``device`` in ``dtype``, contiguous (NHWC when ``channels_last`` and ``x`` is ``(B, C, H, W)``)."""
+    x = x.to(device=device, dtype=dtype)
     fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
     return x.contiguous(memory_format=fmt)
 
