@@ -148,8 +148,9 @@ class _Layer:
             return self.record(KEPT, solution.reason, error_before=before, error_after=before)
         after = self.equations.relative_error(solution.weight, solution.bias)
         if not after < before:
-            return self.record(KEPT, f"the fit does not lower the error on the calibration rows ({after:.3g} vs "
-                                     f"{before:.3g})", error_before=before, error_after=before)
+            reason = ("already matches the original on the calibration rows" if before == 0 else
+                      f"the fit does not lower the error on the calibration rows ({after:.3g} vs {before:.3g})")
+            return self.record(KEPT, reason, error_before=before, error_after=before)
         self.rows.write(solution.weight, solution.bias if self.slot is self.module else None)
         if self.slot is not None and self.slot is not self.module:
             place_bias(self.slot, solution.bias)
