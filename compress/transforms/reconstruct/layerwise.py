@@ -197,7 +197,8 @@ def reconstruct(model: nn.Module, original: nn.Module, calib: Any, *, layers: Se
         model.eval()
         original.eval()
         pairings = {n: pair_layer(model, original, n, channels) for n in names}
-        order, counts = call_order(model, batches[0].to(model_device(model)), sorted({p.fitted for p in pairings.values()}))
+        fitted_names = sorted({p.fitted for p in pairings.values()})
+        order, counts = call_order(model, batches[0].to(model_device(model)), fitted_names)
         ref_order, ref_counts = call_order(original, batches[0].to(model_device(original)), names)
         runnable = []
         for name in sorted(names, key=lambda n: (order + [pairings[n].fitted]).index(pairings[n].fitted)):
