@@ -8,8 +8,8 @@ same size (the groups of a grouped conv) are solved together along a leading axi
 :meth:`NormalEquations.solve` adds a ridge ``λ = ridge · mean(diag(XᵀX))`` that pulls the solution towards a
 prior weight (default zero), factorises with :func:`torch.linalg.cholesky_ex` and returns a :class:`Solution`
 whose ``reason`` says why it is unusable (fewer rows than unknowns, non-finite data, Cholesky failure,
-condition estimate above ``max_condition``) instead of raising. Towards the layer's current weights, a layer that is already exact stays
-exact at any ridge.
+condition estimate above ``max_condition``) instead of raising. Pulled towards the layer's current weights, a
+layer that is already exact stays exact at any ridge.
 """
 from __future__ import annotations
 
