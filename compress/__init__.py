@@ -26,6 +26,7 @@ _API = {
     # transforms
     "prune": "compress.transforms",
     "rewrite": "compress.transforms",
+    "reconstruct": "compress.transforms",
     "to_grouped": "compress.transforms",
     "to_separable": "compress.transforms",
     "to_shuffled": "compress.transforms",
