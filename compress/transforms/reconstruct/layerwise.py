@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ...data.batches import batch_inputs
 from ...errors import CompressError
 from ...measurement.util import model_device
-from ...modes import restore_training
+from ...modes import evaluating
 from .bias import bias_slots, place_bias
 from .capture import call_order, layer_input, layer_output
 from .config import ReconstructOptions
@@ -193,9 +193,7 @@ def reconstruct(model: nn.Module, original: nn.Module, calib: Any, *, layers: Se
     batches = _batches(calib, options.max_batches)
     generator = torch.Generator().manual_seed(options.seed)
     records: dict[str, ReconstructRecord] = {}
-    with restore_training(model), restore_training(original), torch.no_grad():
-        model.eval()
-        original.eval()
+    with evaluating(model), evaluating(original), torch.no_grad():
         pairings = {n: pair_layer(model, original, n, channels) for n in names}
         fitted_names = sorted({p.fitted for p in pairings.values()})
         order, counts = call_order(model, batches[0].to(model_device(model)), fitted_names)
