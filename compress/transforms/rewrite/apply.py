@@ -16,11 +16,10 @@ Errors are per layer and measured in isolation: each conv's input is captured fr
 """
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,10 +33,11 @@ from .decompose import relative_error
 from ..prune.layer_roles import direct_producer
 from ..modules import ChannelPermute
 from .patch_stats import capture_patch_moments
-from .registry import RewriteConfig, apply_config, config_for_kind, conv_problem, replace_modules
+from .registry import RewriteConfig, apply_config, config_for_kind, replace_modules
+from .selection import LayerSelection, split_options
 from ..prune.tp_compat import build_graph
 
-__all__ = ["RewriteRecord", "rewrite", "conv_macs"]
+__all__ = ["RewriteRecord", "LayerSelection", "rewrite", "conv_macs"]
 
 
 @dataclass
@@ -71,25 +71,23 @@ class RewriteRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None, analysis: Any = None,
-            example_inputs: torch.Tensor | None = None, calib: Any = None, include: Sequence[str] = (),
-            exclude: Sequence[str] = (), min_channels: int = 16, kernel_sizes: Sequence[int] | None = None,
-            absorb: bool = True, allow_growth: bool = False, verbose: bool = False,
-            **params: Any) -> list[RewriteRecord]:
+def rewrite(model: nn.Module, kind: str, *, select: LayerSelection | None = None, analysis: Any = None,
+            example_inputs: torch.Tensor | None = None, calib: Any = None, absorb: bool = True,
+            allow_growth: bool = False, verbose: bool = False, **options: Any) -> list[RewriteRecord]:
     """Rewrite eligible ``nn.Conv2d`` layers of ``model`` (in place) into the form ``kind``.
 
-    Selection: ``layers`` (exact names) and ``include`` (fnmatch patterns) name the candidates; with neither,
-    every conv is a candidate. ``exclude`` patterns drop candidates. A candidate is rewritten when it is a plain
-    ``nn.Conv2d`` with ``min(in, out) >= min_channels``, a kernel in ``kernel_sizes`` (when given) and the
-    kind's own requirements (dense for grouped/separable/shuffle/bottleneck, square odd ``K >= 5`` for
-    dilated). Explicitly named candidates that fail get a record with ``skipped``; with no selection, only
-    eligible layers and conv subclasses (unknown custom types, never modified) are reported.
+    Which convs: a :class:`~compress.transforms.rewrite.selection.LayerSelection` (exact ``layers``,
+    ``include`` / ``exclude`` patterns, ``min_channels``, ``kernel_sizes``), given as ``select`` or as keyword
+    shorthand among ``options``; each candidate must also meet the kind's own requirements (dense for
+    grouped/separable/shuffle/bottleneck, square odd ``K >= 5`` for dilated). Explicitly named candidates that
+    fail get a record with ``skipped``; with no selection, only eligible layers and conv subclasses (unknown
+    custom types, never modified) are reported.
 
     Args:
         model: the model, modified in place.
         kind: a registered kind (:func:`~compress.transforms.rewrite.registry.kinds`): ``"grouped"``,
             ``"separable"``, ``"shuffle"``, ``"dilated"``, ``"bottleneck"`` or one a plug-in registered.
-        layers: exact qualified module names.
+        select: the convs considered (default: every conv with at least 16 input and output channels).
         analysis: a :class:`compress.analysis.Analysis` of this model; grouped rewrites order output channels by
             the layer's correlation partition and, given ``example_inputs``, input channels by the partition of
             the conv producing them (see :meth:`compress.transforms.rewrite.kinds.grouped.GroupedConfig.plan`).
@@ -99,16 +97,14 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
             batches (tensors or ``(images, labels)``) on the model's device. Each conv's input patch moments are
             measured on it and the factorisation, ``max_error`` and ``macs_target`` then use the expected output
             error instead of the weight error. ``None``: data-free.
-        include / exclude: fnmatch patterns over qualified names.
-        min_channels: minimum of in and out channels.
-        kernel_sizes: allowed (square) kernel sizes, e.g. ``(1,)``; ``None``: any.
         absorb: fold grouped rewrites' ``ChannelPermute`` modules into neighbours where exact (needs
             ``example_inputs``; see :mod:`compress.transforms.rewrite.absorb`).
         allow_growth: also apply rewrites whose replacement has more parameters (or, measured on
             ``example_inputs``, more MACs) than the dense conv, e.g. a bottleneck of rank M/2 on a narrow 1x1;
             by default such layers are skipped with the reason (their record keeps the measured figures).
         verbose: show a progress bar.
-        **params: the kind's options, the fields of its ``Options`` class (e.g.
+        **options: the :class:`LayerSelection` fields as shorthand (``layers=["conv1"]``, ``min_channels=3``;
+            not together with ``select``), and the kind's options, the fields of its ``Options`` class (e.g.
             :class:`~compress.transforms.rewrite.kinds.separable.SeparableOptions`), parsed strictly: grouped
             ``groups`` (int or ``"auto"``), ``energy_threshold``; separable ``T``, ``max_error`` or
             ``macs_target`` (the whole model's MACs after the rewrite as a fraction of before, in ``(0, 1]``;
@@ -125,12 +121,12 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
             nothing, a ``macs_target`` without ``example_inputs`` or below the cheapest rewrite.
     """
     config_cls = config_for_kind(kind)
-    params = config_cls.parse_options(params).kwargs()
+    select, kind_options = split_options(config_cls, options, select)
+    params = kind_options.kwargs()
     macs_target = params.pop("macs_target", None)
     if macs_target is not None and example_inputs is None:
         raise CompressError("rewrite: macs_target needs example_inputs (to count MACs)")
-    records, eligible = _candidates(model, kind, config_cls, _select(model, layers, include, exclude),
-                                    min_channels, kernel_sizes)
+    records, eligible = _candidates(model, kind, config_cls, select)
     inputs = _capture_inputs(model, eligible, example_inputs)
     wants_producer = analysis is not None and config_cls.reads_producer
     producers = _producers(model, eligible, example_inputs) if wants_producer else {}
@@ -169,43 +165,15 @@ def rewrite(model: nn.Module, kind: str, *, layers: Sequence[str] | None = None,
     return sorted(records.values(), key=lambda r: order.get(r.layer, len(order)))
 
 
-def _select(model: nn.Module, layers: Sequence[str] | None, include: Sequence[str],
-            exclude: Sequence[str]) -> list[tuple[str, nn.Module, bool]]:
-    """``(name, module, explicitly named)`` candidates in module order."""
-    names = dict(model.named_modules(remove_duplicate=False))  # a shared module under each of its names
-    for name in layers or ():
-        if name not in names:
-            raise CompressError(f"rewrite: layer {name!r} not found in the model")
-    for pattern in include:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise CompressError(f"rewrite: include pattern {pattern!r} matches no module")
-    explicit = bool(layers) or bool(include)
-    out = []
-    for name, module in names.items():
-        if any(fnmatch.fnmatchcase(name, p) for p in exclude):
-            continue
-        named = name in (layers or ())
-        matched = named or any(fnmatch.fnmatchcase(name, p) for p in include)
-        if explicit and not matched:
-            continue
-        if not explicit and not isinstance(module, nn.Conv2d):
-            continue
-        if not named and not isinstance(module, nn.modules.conv._ConvNd):
-            continue  # patterns also match containers and BatchNorms: only convs are reported
-        out.append((name, module, explicit))
-    return out
-
-
 def _candidates(model: nn.Module, kind: str, config_cls: type[RewriteConfig],
-                selected: list[tuple[str, nn.Module, bool]], min_channels: int,
-                kernel_sizes: Sequence[int] | None) -> tuple[dict[str, RewriteRecord], dict[str, nn.Conv2d]]:
+                select: LayerSelection) -> tuple[dict[str, RewriteRecord], dict[str, nn.Conv2d]]:
     """Split the selection into eligible convs and skip records (explicit names, unknown conv types)."""
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     shared = {key for key, count in uses.items() if count > 1}
     records: dict[str, RewriteRecord] = {}
     eligible: dict[str, nn.Conv2d] = {}
-    for name, module, explicit in selected:
-        reason = _problem(name, module, config_cls, min_channels, kernel_sizes, shared)
+    for name, module, explicit in select.candidates(model):
+        reason = select.problem(name, module, config_cls, shared)
         if reason is None:
             eligible[name] = module
         elif explicit or (isinstance(module, nn.Conv2d) and type(module) is not nn.Conv2d):
@@ -229,24 +197,6 @@ def _rewrite_one(name: str, kind: str, conv: nn.Conv2d, config_cls: type[Rewrite
         record.skipped = f"the rewrite would grow the layer ({growth})"
         return record, None
     return record, new
-
-
-def _problem(name: str, module: nn.Module, config_cls: type[RewriteConfig], min_channels: int,
-             kernel_sizes: Sequence[int] | None, shared: set[int]) -> str | None:
-    """Why ``module`` is not rewritten (``None``: eligible)."""
-    if not name:
-        return "the model itself is a conv: use the per-layer function (e.g. to_grouped) instead"
-    reason = conv_problem(module)
-    if reason:
-        return reason
-    if id(module) in shared:
-        return "the conv is shared by several parents"
-    if min(module.in_channels, module.out_channels) < min_channels:
-        return (f"fewer than min_channels={min_channels} channels (in={module.in_channels}, "
-                f"out={module.out_channels})")
-    if kernel_sizes is not None and not all(k in kernel_sizes for k in module.kernel_size):
-        return f"kernel {module.kernel_size[0]}x{module.kernel_size[1]} not in kernel_sizes={tuple(kernel_sizes)}"
-    return config_cls.eligibility(module)
 
 
 def _allocate_target(model: nn.Module, convs: dict[str, nn.Conv2d], config_cls: type[RewriteConfig],

@@ -11,6 +11,7 @@ from torch import nn
 
 from compress.errors import CompressError
 from compress.transforms import ChannelPermute, RewriteRecord, rewrite
+from compress.transforms.rewrite.selection import LayerSelection
 from compress.transforms.rewrite.decompose import relative_error
 
 
@@ -98,12 +99,26 @@ def test_bad_arguments_raise_compress_error():
     net = tiny_net()
     with pytest.raises(CompressError, match="unknown rewrite kind"):
         rewrite(net, "sparse")
-    with pytest.raises(CompressError, match="T: expected one of the keys groups, energy_threshold, got 'an unknown key'"):
+    with pytest.raises(CompressError, match="unknown option 'T'; expected the kind's groups, energy_threshold or "
+                                            "the selection's layers, include, exclude, min_channels, kernel_sizes"):
         rewrite(net, "grouped", T=2)
+    with pytest.raises(CompressError, match="rewrite: min_channels: expected an integer >= 1"):
+        rewrite(net, "grouped", min_channels=0)
+    with pytest.raises(CompressError, match="not both"):
+        rewrite(net, "grouped", select=LayerSelection(layers=("pw",)), include=["block.*"])
     with pytest.raises(CompressError, match="not found"):
         rewrite(net, "grouped", layers=["nope"])
     with pytest.raises(CompressError, match="matches no module"):
         rewrite(net, "grouped", include=["layer9.*"])
+
+
+def test_selection_object_and_keyword_shorthand_are_the_same():
+    by_keywords, by_object = tiny_net(), tiny_net()
+    by_object.load_state_dict(by_keywords.state_dict())
+    a = rewrite(by_keywords, "grouped", include=["block.*"], exclude=["block.conv2"], min_channels=4, groups=2)
+    b = rewrite(by_object, "grouped", select=LayerSelection(include=["block.*"], exclude=["block.conv2"],
+                                                              min_channels=4), groups=2)
+    assert a == b and [r.layer for r in a if r.skipped is None] == ["block.conv1"]
 
 
 def test_record_costs_follow_the_formulas():
