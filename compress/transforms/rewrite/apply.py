@@ -33,7 +33,8 @@ from .decompose import relative_error
 from ..prune.layer_roles import direct_producer
 from ..modules import ChannelPermute
 from .patch_stats import capture_patch_moments
-from .registry import RewriteConfig, apply_config, config_for_kind, replace_modules
+from .registry import (KindOptions, RewriteConfig, apply_config, config_for_kind, config_for_options,
+                       replace_modules)
 from .selection import LayerSelection, split_options
 from ..prune.tp_compat import build_graph
 
@@ -71,7 +72,7 @@ class RewriteRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def rewrite(model: nn.Module, kind: str, *, select: LayerSelection | None = None, analysis: Any = None,
+def rewrite(model: nn.Module, kind: str | KindOptions, *, select: LayerSelection | None = None, analysis: Any = None,
             example_inputs: torch.Tensor | None = None, calib: Any = None, absorb: bool = True,
             allow_growth: bool = False, verbose: bool = False, **options: Any) -> list[RewriteRecord]:
     """Rewrite eligible ``nn.Conv2d`` layers of ``model`` (in place) into the form ``kind``.
@@ -86,7 +87,8 @@ def rewrite(model: nn.Module, kind: str, *, select: LayerSelection | None = None
     Args:
         model: the model, modified in place.
         kind: a registered kind (:func:`~compress.transforms.rewrite.registry.kinds`): ``"grouped"``,
-            ``"separable"``, ``"shuffle"``, ``"dilated"``, ``"bottleneck"`` or one a plug-in registered.
+            ``"separable"``, ``"shuffle"``, ``"dilated"``, ``"bottleneck"`` or one a plug-in registered; or the
+            kind's validated options object (e.g. ``SeparableOptions(T=2)``), which names the kind itself.
         select: the convs considered (default: every conv with at least 16 input and output channels).
         analysis: a :class:`compress.analysis.Analysis` of this model; grouped rewrites order output channels by
             the layer's correlation partition and, given ``example_inputs``, input channels by the partition of
@@ -120,8 +122,10 @@ def rewrite(model: nn.Module, kind: str, *, select: LayerSelection | None = None
         CompressError: unknown kind or option, a name in ``layers`` or a pattern in ``include`` that matches
             nothing, a ``macs_target`` without ``example_inputs`` or below the cheapest rewrite.
     """
-    config_cls = config_for_kind(kind)
-    select, kind_options = split_options(config_cls, options, select)
+    given = kind if isinstance(kind, KindOptions) else None
+    config_cls = config_for_options(given) if given is not None else config_for_kind(kind)
+    kind = config_cls.kind
+    select, kind_options = split_options(config_cls, options, select, given)
     params = kind_options.kwargs()
     macs_target = params.pop("macs_target", None)
     if macs_target is not None and example_inputs is None:

@@ -33,7 +33,7 @@ from ...errors import CompressError, ConfigError
 
 __all__ = [
     "RewriteConfig", "KindOptions", "Handler", "register_handler", "unregister", "handler_for", "config_for_kind",
-    "kinds", "planner_kinds", "apply_config", "replace_modules", "conv_problem",
+    "config_for_options", "kinds", "planner_kinds", "apply_config", "replace_modules", "conv_problem",
 ]
 
 Handler = Callable[[nn.Conv2d, "RewriteConfig"], nn.Module]
@@ -250,6 +250,15 @@ def config_for_kind(kind: str) -> type[RewriteConfig]:
     if kind not in _KINDS:
         raise CompressError(f"unknown rewrite kind {kind!r}; expected one of {', '.join(sorted(_KINDS))}")
     return _KINDS[kind]
+
+
+def config_for_options(options: KindOptions) -> type[RewriteConfig]:
+    """The config class whose ``Options`` is ``type(options)`` (a kind given by its options object)."""
+    for config_cls in _KINDS.values():
+        if config_cls.Options is type(options):
+            return config_cls
+    raise CompressError(f"{type(options).__name__} is not the Options of a registered rewrite kind "
+                        f"(known: {', '.join(sorted(_KINDS))})")
 
 
 def kinds() -> list[str]:

@@ -112,16 +112,25 @@ class LayerSelection(Config):
         return config_cls.eligibility(module)
 
 
-def split_options(config_cls: type[RewriteConfig], options: dict[str, Any],
-                  select: LayerSelection | None = None) -> tuple[LayerSelection, KindOptions]:
+def split_options(config_cls: type[RewriteConfig], options: dict[str, Any], select: LayerSelection | None = None,
+                  kind_options: KindOptions | None = None) -> tuple[LayerSelection, KindOptions]:
     """Sort ``rewrite()`` keyword options into the shared :class:`LayerSelection` and the kind's ``Options``.
 
+    ``select`` / ``kind_options``: the objects when the caller built them already (then ``options`` may not
+    repeat their fields).
+
     Raises:
-        CompressError: an option neither takes (naming both sets), a selection given twice, or an invalid value
-            (``rewrite: min_channels: expected ...`` / ``rewrite kind 'separable': T: expected ...``).
+        CompressError: an option neither takes (naming both sets), a selection or kind option given twice, or an
+            invalid value (``rewrite: min_channels: expected ...`` / ``rewrite kind 'separable': T: expected ...``).
     """
     shared = [f.name for f in dataclasses.fields(LayerSelection)]
     own = list(config_cls.option_names())
+    if kind_options is not None:
+        repeated = [k for k in options if k in own]
+        if repeated:
+            raise CompressError(f"rewrite: {', '.join(repeated)} given beside a {type(kind_options).__name__}; "
+                                "set it in the options object")
+        own = []
     unknown = [k for k in options if k not in shared and k not in own]
     if unknown:
         raise CompressError(f"rewrite kind {config_cls.kind!r}: unknown option {unknown[0]!r}; expected the kind's "
@@ -134,4 +143,6 @@ def split_options(config_cls: type[RewriteConfig], options: dict[str, Any],
             select = LayerSelection(**given)
         except ConfigError as err:
             raise CompressError(f"rewrite: {err}") from None
-    return select, config_cls.parse_options({k: v for k, v in options.items() if k in own})
+    if kind_options is None:
+        kind_options = config_cls.parse_options({k: v for k, v in options.items() if k in own})
+    return select, kind_options

@@ -19,6 +19,7 @@ from ...errors import CompressError, ConfigError
 from ...recipe.registry import register_step
 from ...records import StepDetails
 from .registry import KindOptions, config_for_kind, kinds
+from .selection import LayerSelection
 
 if TYPE_CHECKING:  # the applier imports torch-pruning; recipe parsing must not
     from .apply import RewriteRecord
@@ -49,8 +50,12 @@ class RewriteStep(Config):
 
     def validate(self) -> None:
         check(self.kind in kinds(), "kind", "one of " + ", ".join(repr(k) for k in kinds()), self.kind)
-        check(self.min_channels >= 1, "min_channels", "an integer >= 1", self.min_channels)
         check(self.calib_batches >= 0, "calib_batches", "an integer >= 0", self.calib_batches)
+        self.selection()  # min_channels and the patterns: the selection's own checks and wording
+
+    def selection(self) -> LayerSelection:
+        """The convs this step considers, as :func:`~compress.transforms.rewrite.apply.rewrite` takes them."""
+        return LayerSelection(include=self.layers, exclude=self.exclude, min_channels=self.min_channels)
 
     @classmethod
     def from_dict(cls, data: Any, *, file: str | None = None, path: str = "") -> "RewriteStep":
@@ -117,9 +122,8 @@ def run_rewrite(ctx: Any, cfg: RewriteStep) -> RewriteDetails:
 
     from ..prune.layer_roles import unknown_layers
 
-    records = rewrite(ctx.model, cfg.kind, include=cfg.layers, exclude=cfg.exclude, min_channels=cfg.min_channels,
-                      analysis=ctx.analysis, example_inputs=ctx.example_inputs, calib=_calibration(ctx, cfg),
-                      **cfg.kind_options().kwargs())
+    records = rewrite(ctx.model, cfg.kind_options(), select=cfg.selection(), analysis=ctx.analysis,
+                      example_inputs=ctx.example_inputs, calib=_calibration(ctx, cfg))
     # A layer named exactly (no wildcard) is a request for that layer: failing it is an error, not a skip.
     named = {p for p in cfg.layers if not any(c in p for c in "*?[")}
     refused = [f"{r.layer}: {r.skipped}" for r in records if r.skipped and r.layer in named]

@@ -121,6 +121,18 @@ def test_selection_object_and_keyword_shorthand_are_the_same():
     assert a == b and [r.layer for r in a if r.skipped is None] == ["block.conv1"]
 
 
+def test_options_object_names_the_kind_and_is_not_parsed_again():
+    from compress.transforms.rewrite.kinds.separable import SeparableOptions
+
+    by_name, by_object = tiny_net(), tiny_net()
+    by_object.load_state_dict(by_name.state_dict())
+    a = rewrite(by_name, "separable", layers=["big"], T=2)
+    b = rewrite(by_object, SeparableOptions(T=2), select=LayerSelection(layers=["big"]))
+    assert a == b and a[0].kind == "separable" and a[0].params["T"] == 2
+    with pytest.raises(CompressError, match="T given beside a SeparableOptions"):
+        rewrite(tiny_net(), SeparableOptions(T=2), T=3)
+
+
 def test_record_costs_follow_the_formulas():
     net = tiny_net()
     records = _by_layer(rewrite(net, "separable", layers=["big"], example_inputs=X[:1], T=3))
