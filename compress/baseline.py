@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import parse, to_plain
 from .data import DataBundle, DataConfig
+from .data.split import SPLIT_VERSION
 from .env import cache_root
 from .errors import CompressError
 from .io import atomic_torch_save
@@ -42,6 +43,7 @@ def baseline_cache_key(model: ModelConfig, data: DataConfig, train: dict[str, An
         "seed": seed,
         "torch": torch.__version__.split("+")[0],
         "format": 1,
+        "splits": SPLIT_VERSION,  # a baseline trained on other splits (positional, before v2) is not this one
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -1,13 +1,15 @@
 """Data: named sources split into train / val / test / calib loaders.
 
-``val`` is held out of the training split (early stopping, never the test set); ``calib`` is a fixed slice of
-the held-in training images without augmentation (analysis, BatchNorm re-calibration, Taylor importance).
+``val`` is held out of the training split (early stopping, never the test set); ``calib`` is a fixed draw from
+the held-in training images without augmentation (analysis, BatchNorm re-calibration, Taylor importance). Both,
+and the ``train_subset`` / ``test_subset`` of every source, are seeded stratified draws
+(:mod:`compress.data.split`): each holds every class in proportion, and ``run.json`` records the counts.
 """
 from __future__ import annotations
 
 import copy
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from .checks import check_labels, check_nonempty
 from .config import SOURCES, DataConfig
 from .idx import read_idx
 from .sources import load_source
+from .split import SPLIT_VERSION, class_counts, dataset_labels, stratified_sample, stratified_split
 
 __all__ = ["DataBundle", "DataConfig", "build_data", "read_idx", "SOURCES"]
 
@@ -32,6 +35,7 @@ class DataBundle:
         input_shape: ``(C, H, W)`` of one image.
         source: the recipe's source name; ``synthetic`` is True for random data (reports say so).
         sizes: number of images per split.
+        splits: how the splits were drawn (``method``, ``version``, ``seed``) and the images per class in each.
     """
 
     train: DataLoader
@@ -43,11 +47,12 @@ class DataBundle:
     source: str
     synthetic: bool
     sizes: dict[str, int]
+    splits: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly summary for reports."""
+        """JSON-friendly summary for reports and ``run.json``."""
         return {"source": self.source, "synthetic": self.synthetic, "num_classes": self.num_classes,
-                "input_shape": list(self.input_shape), "sizes": dict(self.sizes)}
+                "input_shape": list(self.input_shape), "sizes": dict(self.sizes), "splits": dict(self.splits)}
 
 
 def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
@@ -65,11 +70,19 @@ def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
         check_nonempty(dataset, what)
         check_labels(dataset, num_classes, what, source=cfg.source)
     n = len(train_full)
+    labels = dataset_labels(train_full)
     val_size = min(cfg.val_size, n // 5) if n > 1 else 0
-    train = Subset(train_full, range(n - val_size)) if val_size else train_full
-    val = Subset(_without_augmentation(train_full), range(n - val_size, n)) if val_size else None
-    calib_n = min(cfg.calib_size, n - val_size)
-    calib = Subset(_without_augmentation(train_full), range(calib_n))
+    held_in, held_out = stratified_split(labels, val_size, seed=seed + 1)
+    train = Subset(train_full, held_in) if val_size else train_full
+    val = Subset(_without_augmentation(train_full), held_out) if val_size else None
+    calib_n = min(cfg.calib_size, len(held_in))
+    picked = stratified_sample(labels[torch.as_tensor(held_in, dtype=torch.long)], calib_n, seed=seed + 2)
+    calib_positions = [held_in[i] for i in picked]
+    calib = Subset(_without_augmentation(train_full), calib_positions)
+    counts = {"train": class_counts(labels, held_in, num_classes=num_classes),
+              "val": class_counts(labels, held_out, num_classes=num_classes),
+              "calib": class_counts(labels, calib_positions, num_classes=num_classes),
+              "test": class_counts(dataset_labels(test), num_classes=num_classes)}
     x0, _ = test[0]
     loader_args = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
     train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train) > cfg.batch_size,
@@ -89,6 +102,7 @@ def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
         source=cfg.source,
         synthetic=cfg.source == "synthetic",
         sizes={"train": len(train), "val": val_size, "test": len(test), "calib": calib_n},
+        splits={"method": "stratified", "version": SPLIT_VERSION, "seed": seed, "class_counts": counts},
     )
 
 

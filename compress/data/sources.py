@@ -1,4 +1,8 @@
-"""Named data sources. Each returns ``(train, test, num_classes, name)`` datasets before splitting."""
+"""Named data sources. Each returns ``(train, test, num_classes)`` datasets before splitting.
+
+``train_subset`` / ``test_subset`` are seeded stratified draws (:mod:`compress.data.split`), never "the first N"
+of files sorted by class.
+"""
 from __future__ import annotations
 
 import os
@@ -11,6 +15,7 @@ from torch.utils.data import Dataset
 from ..errors import CompressError
 from .config import DataConfig
 from .idx import read_idx
+from .split import dataset_labels, stratified_sample
 from .tensors import TensorImages, prepare_images
 
 __all__ = ["load_source", "DEBIAN_FASHION_MNIST", "FASHION_MNIST_FILES"]
@@ -47,7 +52,14 @@ def _fashion_root(cfg: DataConfig) -> Path:
         "the four IDX files (train-images-idx3-ubyte.gz, ...) in a directory and set data.root or $COMPRESS_DATA.")
 
 
-def _fashion_mnist(cfg: DataConfig) -> Splits:
+def _subset_positions(labels: torch.Tensor, n: int | None, seed: int) -> torch.Tensor | None:
+    """Positions of a seeded stratified subset of ``n`` images (``None``: keep all)."""
+    if n is None or n >= labels.numel():
+        return None
+    return torch.as_tensor(stratified_sample(labels, n, seed=seed), dtype=torch.long)
+
+
+def _fashion_mnist(cfg: DataConfig, seed: int) -> Splits:
     root = _fashion_root(cfg)
     paths = {}
     for key, stem in FASHION_MNIST_FILES.items():
@@ -63,8 +75,9 @@ def _fashion_mnist(cfg: DataConfig) -> Splits:
         labels = read_idx(paths[labels_key])
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise CompressError(f"{paths[images_key]}: expected (N, 28, 28) images matching {paths[labels_key]}")
-        if subset is not None:
-            images, labels = images[:subset], labels[:subset]
+        keep = _subset_positions(labels, subset, seed)
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
         x = prepare_images(images.unsqueeze(1), resize=cfg.resize, mean=mean, std=std)
         return TensorImages(x, labels, channels=cfg.channels, augment=augment, pad=2)
 
@@ -72,7 +85,7 @@ def _fashion_mnist(cfg: DataConfig) -> Splits:
             split("test_images", "test_labels", cfg.test_subset, False), 10)
 
 
-def _cifar10(cfg: DataConfig) -> Splits:
+def _cifar10(cfg: DataConfig, seed: int) -> Splits:
     from torchvision.datasets import CIFAR10
 
     root = cfg.root or os.environ.get("COMPRESS_DATA")
@@ -89,15 +102,16 @@ def _cifar10(cfg: DataConfig) -> Splits:
     def split(raw, subset: int | None, augment: bool) -> TensorImages:
         images = torch.from_numpy(raw.data).permute(0, 3, 1, 2)
         labels = torch.tensor(raw.targets)
-        if subset is not None:
-            images, labels = images[:subset], labels[:subset]
+        keep = _subset_positions(labels, subset, seed)
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
         x = prepare_images(images, resize=cfg.resize, mean=mean, std=std)
         return TensorImages(x, labels, channels=cfg.channels, augment=augment, pad=4)
 
     return split(train_raw, cfg.train_subset, cfg.augment), split(test_raw, cfg.test_subset, False), 10
 
 
-def _imagefolder(cfg: DataConfig) -> Splits:
+def _imagefolder(cfg: DataConfig, seed: int) -> Splits:
     from torchvision import datasets, transforms
 
     if not cfg.root:
@@ -131,13 +145,13 @@ def _imagefolder(cfg: DataConfig) -> Splits:
     if train.classes != test.classes:
         raise CompressError(f"data.root: {root}: train/ and {test_dir.name}/ have different class folders "
                             f"({train.classes} vs {test.classes})")
-    return _subset(train, cfg.train_subset), _subset(test, cfg.test_subset), len(train.classes)
+    return _subset(train, cfg.train_subset, seed), _subset(test, cfg.test_subset, seed), len(train.classes)
 
 
-def _subset(dataset: Dataset, n: int | None) -> Dataset:
-    if n is None or n >= len(dataset):
-        return dataset
-    return torch.utils.data.Subset(dataset, range(n))
+def _subset(dataset: Dataset, n: int | None, seed: int) -> Dataset:
+    """A seeded stratified subset of ``n`` images of a file-backed dataset (the dataset itself: all)."""
+    keep = _subset_positions(dataset_labels(dataset), n, seed)
+    return dataset if keep is None else torch.utils.data.Subset(dataset, keep.tolist())
 
 
 def _synthetic(cfg: DataConfig, seed: int) -> Splits:
@@ -156,10 +170,10 @@ def _synthetic(cfg: DataConfig, seed: int) -> Splits:
     return make(cfg.train_subset or n), make(cfg.test_subset or max(n // 4, 2)), cfg.num_classes
 
 
-_SOURCES: dict[str, Callable[..., Splits]] = {
-    "fashion-mnist": lambda cfg, seed: _fashion_mnist(cfg),
-    "cifar10": lambda cfg, seed: _cifar10(cfg),
-    "imagefolder": lambda cfg, seed: _imagefolder(cfg),
+_SOURCES: dict[str, Callable[[DataConfig, int], Splits]] = {
+    "fashion-mnist": _fashion_mnist,
+    "cifar10": _cifar10,
+    "imagefolder": _imagefolder,
     "synthetic": _synthetic,
 }
 

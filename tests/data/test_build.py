@@ -90,3 +90,45 @@ def test_imagefolder_val_and_calibration_never_see_augmentation(tmp_path):
     train = data.train.dataset
     first = torch.stack([train[0][0] for _ in range(4)])
     assert not all(torch.equal(first[0], f) for f in first[1:])  # training itself is still augmented
+
+
+def _sorted_imagefolder(root: Path, per_class: dict[str, int]) -> None:
+    """An ImageFolder whose files are sorted by class, like every real one (class_a/* before class_b/*)."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for index, (cls, count) in enumerate(per_class.items()):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (8, 8), color=index * 60).save(root / split / cls / f"{i:03d}.png")
+
+
+def _labels(loader) -> torch.Tensor:
+    return torch.cat([y for _, y in loader])
+
+
+def test_imagefolder_splits_and_subsets_hold_every_class_in_proportion(tmp_path):
+    _sorted_imagefolder(tmp_path, {"a": 40, "b": 40, "c": 40, "d": 40})
+    cfg = DataConfig(source="imagefolder", root=str(tmp_path), resize=8, channels=1, val_size=20, calib_size=16,
+                     train_subset=120, test_subset=40, batch_size=8, normalize=False)
+    data = build_data(cfg, seed=3)
+    for split, per_class in (("val", 5), ("calib", 4), ("test", 10)):
+        counts = torch.bincount(_labels(getattr(data, split)), minlength=4).tolist()
+        assert counts == [per_class] * 4, (split, counts)
+    from compress.data.split import dataset_labels
+
+    train = torch.bincount(dataset_labels(data.train.dataset), minlength=4).tolist()  # the loader drops a tail
+    assert train == [25, 25, 25, 25]
+    assert data.describe()["splits"]["class_counts"]["val"] == [5, 5, 5, 5]
+    # seeded: the same seed gives the same images, another seed other ones
+    same, other = build_data(cfg, seed=3), build_data(cfg, seed=4)
+    assert same.val.dataset.indices == data.val.dataset.indices != other.val.dataset.indices
+
+
+def test_stratified_draw_is_proportional_on_unbalanced_classes():
+    from compress.data.split import stratified_split
+
+    labels = torch.tensor([0] * 70 + [1] * 20 + [2] * 10)
+    rest, drawn = stratified_split(labels, 10, seed=0)
+    assert torch.bincount(labels[drawn], minlength=3).tolist() == [7, 2, 1]
+    assert sorted(rest + drawn) == list(range(100)) and not set(rest) & set(drawn)
