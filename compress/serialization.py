@@ -169,7 +169,8 @@ def _rebuild(spec: Mapping[str, Any], factory: Callable[[dict], nn.Module] | Non
         return factory(dict(spec))
     from .models import build_model
 
-    return build_model(dict(spec))
+    # the saved state holds every weight: rebuild the bare architecture (pretrained weights need no cache here)
+    return build_model({**dict(spec), "weights": None})
 
 
 def _plain_spec(spec: Any) -> dict[str, Any]:

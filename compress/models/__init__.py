@@ -12,6 +12,7 @@ from ..errors import CompressError
 from ..module_tree import set_module
 from .config import ModelConfig
 from .small import small_mobilenet_v2, small_resnet
+from .weights import timm_factory, torchvision_factory
 
 __all__ = ["ModelConfig", "build_model", "load_checkpoint", "small_resnet", "small_mobilenet_v2", "BUILTINS"]
 
@@ -21,8 +22,11 @@ BUILTINS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def _factory(name: str) -> Callable[..., nn.Module]:
+def _factory(name: str, weights: str | None = None) -> Callable[..., nn.Module]:
     kind, _, ident = name.partition(":")
+    if weights is not None and kind not in ("torchvision", "timm"):
+        raise CompressError(f"model.weights: named weights exist for torchvision: and timm: models, not {name!r}; "
+                            "give trained weights as model.checkpoint")
     if kind == "compress":
         if ident not in BUILTINS:
             raise CompressError(f"model.name: unknown built-in {ident!r}; expected one of {sorted(BUILTINS)}")
@@ -33,13 +37,9 @@ def _factory(name: str) -> Callable[..., nn.Module]:
         if ident not in torchvision.models.list_models():
             raise CompressError(f"model.name: torchvision has no model {ident!r} "
                                 "(see torchvision.models.list_models())")
-        return lambda **kw: torchvision.models.get_model(ident, weights=None, **kw)
+        return torchvision_factory(ident, weights)
     if kind == "timm":
-        try:
-            import timm
-        except ImportError:
-            raise CompressError("model.name: timm models need the optional package timm (pip install timm)") from None
-        return lambda **kw: timm.create_model(ident, pretrained=False, **kw)
+        return timm_factory(ident, weights)
     try:
         module = importlib.import_module(kind)
         return getattr(module, ident)
@@ -80,7 +80,7 @@ def build_model(spec: ModelConfig | Mapping[str, Any]) -> nn.Module:
     if not isinstance(spec, ModelConfig):
         spec = ModelConfig(**{k: v for k, v in dict(spec).items() if k != "checkpoint"})
     try:
-        model = _factory(spec.name)(**spec.kwargs)
+        model = _factory(spec.name, spec.weights)(**spec.kwargs)
     except TypeError as err:
         raise CompressError(f"model.kwargs: {spec.name} rejected the arguments {dict(spec.kwargs)} ({err})") from None
     if not isinstance(model, nn.Module):

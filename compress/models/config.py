@@ -19,6 +19,10 @@ class ModelConfig(Config):
         kwargs: keyword arguments for the factory (e.g. ``num_classes``).
         small_input: adapt a torchvision model's stem to 28–32 px images (3x3 stride-1 first conv, no max-pool).
         in_channels: replace the first conv so the model takes this many input channels (``None`` keeps it).
+        weights: named pretrained weights, read from the local caches (nothing is downloaded): torchvision's
+            ``DEFAULT`` or an enum member such as ``IMAGENET1K_V2``; timm's ``pretrained``, a tag such as
+            ``a1_in1k``, or a weights file (see :mod:`compress.models.weights`). ``weights`` inside ``kwargs`` is
+            taken as this field.
         checkpoint: a ``state_dict`` or whole-module file with trained weights (read-only: never overwritten).
     """
 
@@ -26,7 +30,19 @@ class ModelConfig(Config):
     kwargs: dict[str, Any] = field(default_factory=dict)
     small_input: bool = False
     in_channels: int | None = None
+    weights: str | None = None
     checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if "weights" in self.kwargs:  # torchvision users write kwargs: {weights: DEFAULT}; it is this field
+            kwargs = dict(self.kwargs)
+            moved = kwargs.pop("weights")
+            if self.weights is not None and moved != self.weights:
+                from ..errors import ConfigError
+
+                raise ConfigError("kwargs.weights", "the same value as weights (give it once)", moved)
+            object.__setattr__(self, "kwargs", kwargs)
+            object.__setattr__(self, "weights", None if moved is None else str(moved))
 
     def validate(self) -> None:
         check(":" in self.name and all(self.name.split(":", 1)), "name",
@@ -40,4 +56,4 @@ class ModelConfig(Config):
     def spec(self) -> dict[str, Any]:
         """The architecture part (no checkpoint) — what :func:`compress.models.build_model` needs."""
         return {"name": self.name, "kwargs": dict(self.kwargs), "small_input": self.small_input,
-                "in_channels": self.in_channels}
+                "in_channels": self.in_channels, "weights": self.weights}
