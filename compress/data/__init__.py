@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checks import check_labels, check_nonempty
 from .config import SOURCES, DataConfig
+from .factory import is_factory, load_factory
 from .idx import read_idx
 from .sources import load_source
 from .split import SPLIT_VERSION, class_counts, dataset_labels, stratified_sample, stratified_split
@@ -56,53 +57,77 @@ class DataBundle:
 
 
 def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
-    """Load ``cfg.source`` and build the four loaders.
+    """Load ``cfg.source`` (a built-in source or a user factory) and build the four loaders.
 
     Args:
         cfg: the recipe's data section.
-        seed: seeds the training loader's shuffling generator (the training loop re-seeds it per epoch).
+        seed: seeds the stratified splits and the training loader's shuffling generator (the training loop
+            re-seeds it per epoch).
 
     Raises:
         CompressError: data missing, empty or inconsistent.
     """
-    train_full, test, num_classes = load_source(cfg, seed=seed)
-    for dataset, what in ((train_full, "train"), (test, "test")):
-        check_nonempty(dataset, what)
-        check_labels(dataset, num_classes, what, source=cfg.source)
+    user = load_factory(cfg.source, cfg.kwargs) if is_factory(cfg.source) else None
+    if user is None:
+        train_full, test, num_classes = load_source(cfg, seed=seed)
+    else:
+        train_full, test, num_classes = user.dataset("train"), user.dataset("test"), user.num_classes()
+    given_val = user.dataset("val") if user is not None else None
+    for dataset, what in ((train_full, "train"), (test, "test"), (given_val, "val")):
+        if dataset is not None:
+            check_nonempty(dataset, what)
+            check_labels(dataset, num_classes, what, source=cfg.source)
     n = len(train_full)
     labels = dataset_labels(train_full)
-    val_size = min(cfg.val_size, n // 5) if n > 1 else 0
-    held_in, held_out = stratified_split(labels, val_size, seed=seed + 1)
-    train = Subset(train_full, held_in) if val_size else train_full
-    val = Subset(_without_augmentation(train_full), held_out) if val_size else None
-    calib_n = min(cfg.calib_size, len(held_in))
-    picked = stratified_sample(labels[torch.as_tensor(held_in, dtype=torch.long)], calib_n, seed=seed + 2)
-    calib_positions = [held_in[i] for i in picked]
-    calib = Subset(_without_augmentation(train_full), calib_positions)
+    if given_val is not None:
+        held_in, held_out, val_size = list(range(n)), [], len(given_val)
+        train, val = train_full, given_val
+    else:
+        val_size = min(cfg.val_size, n // 5) if n > 1 else 0
+        held_in, held_out = stratified_split(labels, val_size, seed=seed + 1)
+        train = Subset(train_full, held_in) if val_size else train_full
+        val = Subset(_without_augmentation(train_full), held_out) if val_size else None
+    given_calib = user.dataset("calib") if user is not None else None
+    if given_calib is not None:
+        calib, calib_positions = given_calib, None
+    else:
+        picked = stratified_sample(labels[torch.as_tensor(held_in, dtype=torch.long)],
+                                   min(cfg.calib_size, len(held_in)), seed=seed + 2)
+        calib_positions = [held_in[i] for i in picked]
+        calib = Subset(_without_augmentation(train_full), calib_positions)
+    calib_n = len(calib)
     counts = {"train": class_counts(labels, held_in, num_classes=num_classes),
-              "val": class_counts(labels, held_out, num_classes=num_classes),
-              "calib": class_counts(labels, calib_positions, num_classes=num_classes),
+              "val": (class_counts(labels, held_out, num_classes=num_classes) if given_val is None else
+                      class_counts(dataset_labels(given_val), num_classes=num_classes)),
+              "calib": class_counts(labels if calib_positions is not None else dataset_labels(calib),
+                                    calib_positions, num_classes=num_classes),
               "test": class_counts(dataset_labels(test), num_classes=num_classes)}
     x0, _ = test[0]
     loader_args = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
-    train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train) > cfg.batch_size,
-                              generator=torch.Generator().manual_seed(seed), **loader_args)
 
-    def eval_loader(ds: Dataset) -> DataLoader:
-        return DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, **loader_args)
+    def loader(split: str, make: Callable[[], DataLoader | None]) -> DataLoader | None:
+        """The factory's own loader for ``split`` when it gave one, else ``make()``."""
+        own = user.loader(split) if user is not None else None
+        return own if own is not None else make()
 
-    calib_loader = DataLoader(calib, batch_size=min(cfg.batch_size, calib_n), shuffle=False, **loader_args)
+    def eval_loader(ds: Dataset | None) -> DataLoader | None:
+        return DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, **loader_args) if ds is not None else None
+
     return DataBundle(
-        train=train_loader,
-        val=eval_loader(val) if val is not None else None,
-        test=eval_loader(test),
-        calib=calib_loader,
+        train=loader("train", lambda: DataLoader(
+            train, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train) > cfg.batch_size,
+            generator=torch.Generator().manual_seed(seed), **loader_args)),
+        val=loader("val", lambda: eval_loader(val)),
+        test=loader("test", lambda: eval_loader(test)),
+        calib=loader("calib", lambda: DataLoader(calib, batch_size=min(cfg.batch_size, calib_n), shuffle=False,
+                                                 **loader_args)),
         num_classes=num_classes,
         input_shape=tuple(x0.shape),
         source=cfg.source,
         synthetic=cfg.source == "synthetic",
         sizes={"train": len(train), "val": val_size, "test": len(test), "calib": calib_n},
-        splits={"method": "stratified", "version": SPLIT_VERSION, "seed": seed, "class_counts": counts},
+        splits={"method": "stratified" if user is None else "factory (val/calib drawn stratified when absent)",
+                "version": SPLIT_VERSION, "seed": seed, "class_counts": counts},
     )
 
 

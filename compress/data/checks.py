@@ -15,20 +15,24 @@ def check_nonempty(dataset: Dataset, what: str) -> None:
         raise CompressError(f"data: the {what} split is empty (check data.root and the *_subset options)")
 
 
-def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
+def dataset_labels(dataset: Dataset, *, load: bool = False) -> torch.Tensor | None:
     """All labels ``(N,)`` int64 when they can be read without loading images, else ``None``.
 
     Knows ``TensorImages`` (``.labels``), torchvision folder datasets (``.targets``) and ``Subset`` of them.
+    With ``load=True`` any other dataset is iterated once instead (``dataset[i][1]``), so a tensor is returned.
     """
     if isinstance(dataset, Subset):
         inner = dataset_labels(dataset.dataset)
-        return None if inner is None else inner[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+        if inner is not None:
+            return inner[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
     for attr in ("labels", "targets"):
         labels = getattr(dataset, attr, None)
         if isinstance(labels, torch.Tensor):
             return labels.long().flatten()
         if isinstance(labels, (list, tuple)) and all(isinstance(v, int) for v in labels):
             return torch.tensor(labels, dtype=torch.long)
+    if load:
+        return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
     return None
 
 

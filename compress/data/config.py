@@ -1,8 +1,8 @@
 """The recipe's ``data:`` section."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import Config, check
 
@@ -17,7 +17,9 @@ class DataConfig(Config):
     """Where the images come from and how they are prepared.
 
     Attributes:
-        source: one of ``fashion-mnist``, ``imagefolder``, ``cifar10``, ``synthetic``.
+        source: one of ``fashion-mnist``, ``imagefolder``, ``cifar10``, ``synthetic``, or a user factory
+            ``package.module:function`` returning the splits (see :mod:`compress.data.factory`).
+        kwargs: keyword arguments of a user factory (only with a factory ``source``).
         root: data directory (fashion-mnist: the IDX files; imagefolder: has ``train/`` and ``val/`` or
             ``test/``; cifar10: torchvision's ``cifar-10-batches-py`` parent). Default for fashion-mnist:
             ``$COMPRESS_DATA`` then ``/usr/share/datasets/fashion-mnist``.
@@ -33,7 +35,8 @@ class DataConfig(Config):
         workers: DataLoader worker processes.
     """
 
-    source: Literal["fashion-mnist", "imagefolder", "cifar10", "synthetic"] = "fashion-mnist"
+    source: str = "fashion-mnist"
+    kwargs: dict[str, Any] = field(default_factory=dict)
     root: str | None = None
     resize: int | None = None
     channels: int | None = None
@@ -51,6 +54,12 @@ class DataConfig(Config):
     workers: int = 0
 
     def validate(self) -> None:
+        from .factory import is_factory
+
+        check(self.source in SOURCES or is_factory(self.source), "source",
+              "one of " + ", ".join(repr(s) for s in SOURCES) + " or a factory 'package.module:function'", self.source)
+        check(not self.kwargs or is_factory(self.source), "kwargs", "empty unless source is a factory",
+              self.kwargs)
         check(self.resize is None or 8 <= self.resize <= 1024, "resize", "an integer in 8..1024 or null", self.resize)
         check(self.channels in (None, 1, 3), "channels", "1, 3 or null", self.channels)
         check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)

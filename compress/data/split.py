@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
+
+from .checks import dataset_labels as read_labels
 
 __all__ = ["SPLIT_VERSION", "dataset_labels", "stratified_sample", "stratified_split", "class_counts"]
 
@@ -18,18 +20,8 @@ SPLIT_VERSION = 2  # 1: positional slices (first/last N); 2: seeded stratified d
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor:
-    """The ``(N,)`` int64 labels of ``dataset``, read without loading images where the dataset allows it.
-
-    In-memory datasets expose ``labels``, torchvision's ImageFolder / CIFAR10 ``targets``; a ``Subset`` maps its
-    indices; anything else is iterated once.
-    """
-    if isinstance(dataset, Subset):
-        return dataset_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
-    for name in ("labels", "targets"):
-        labels = getattr(dataset, name, None)
-        if labels is not None:
-            return torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
+    """The ``(N,)`` int64 labels of ``dataset`` (read without loading images where the dataset allows it)."""
+    return read_labels(dataset, load=True)
 
 
 def _quota(counts: torch.Tensor, k: int) -> torch.Tensor:
