@@ -20,7 +20,7 @@ from .io import atomic_torch_save
 from .models import ModelConfig, build_model, load_checkpoint
 from .modes import evaluating
 
-__all__ = ["obtain_baseline", "baseline_cache_key", "default_cache_dir"]
+__all__ = ["obtain_baseline", "given_baseline", "baseline_cache_key", "default_cache_dir"]
 
 LOG = logging.getLogger(__name__)
 
@@ -59,6 +59,16 @@ def _check_head(model: nn.Module, data: DataBundle, device: torch.device, where:
     if out.ndim != 2 or out.shape[1] != data.num_classes:
         raise CompressError(f"{where}: the model outputs {tuple(out.shape[1:])} per image but the data has "
                             f"{data.num_classes} classes; set model.kwargs.num_classes: {data.num_classes}")
+
+
+def given_baseline(model: nn.Module, data: DataBundle, *, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A caller's in-memory trained model as the baseline: a copy on ``device`` (the caller's object is never
+    changed), checked against the data's input shape and classes."""
+    import copy
+
+    baseline = copy.deepcopy(model).to(device)
+    _check_head(baseline, data, device, "model")
+    return baseline.eval(), {"source": "in-memory", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
 
 def obtain_baseline(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: dict[str, Any], data: DataBundle, *,

@@ -7,11 +7,13 @@ import copy
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
-from .baseline import obtain_baseline
+from .baseline import given_baseline, obtain_baseline
 from .config import to_plain
 from .context import RunContext
 from .data import build_data
@@ -31,6 +33,11 @@ PROGRESS_FILE = "progress.json"  # inside OUT/state: completed steps and their r
 RECORDS_FILE = "records.pt"  # inside OUT/state: the same records, typed (what a resumed run continues with)
 
 
+def _spec(ctx: RunContext) -> dict[str, Any] | None:
+    """How to rebuild the original architecture for saving (``None`` for an in-memory model: pickled)."""
+    return None if ctx.baseline_origin.get("source") == "in-memory" else ctx.recipe.model.spec()
+
+
 def _state_dir(out: Path) -> Path:
     return out / "state"
 
@@ -40,7 +47,7 @@ def _save_progress(ctx: RunContext, completed: int) -> None:
     from .serialization import save
 
     state = _state_dir(ctx.out_dir)
-    save(ctx.model, state / "model.pt", spec=ctx.recipe.model.spec())
+    save(ctx.model, state / "model.pt", spec=_spec(ctx))
     atomic_torch_save(ctx.records, state / RECORDS_FILE)  # the typed records, exactly (resume restores them)
     atomic_write_json(state / PROGRESS_FILE, {
         "completed": completed,
@@ -84,15 +91,18 @@ def _load_records(path: Path) -> list[StepRecord]:
 
 
 def _build_context(recipe: Recipe, recipe_name: str | None, out: Path, device: torch.device, rank: int,
-                   world: int, verbose: bool) -> RunContext:
+                   world: int, verbose: bool, *, model: nn.Module | None, splits: Any) -> RunContext:
     from .training.distributed import distributed_loader
 
-    data = build_data(recipe.data, seed=recipe.seed)
+    data = build_data(recipe.data, seed=recipe.seed, splits=splits)
     if world > 1:
         data.train = distributed_loader(data.train, shuffle=True, seed=recipe.seed)
-    baseline, origin = obtain_baseline(recipe.model, recipe.data, recipe.baseline.train, data, device=device,
-                                       seed=recipe.seed, cache=recipe.baseline.cache,
-                                       cache_dir=recipe.baseline.cache_dir, verbose=verbose and rank == 0)
+    if model is not None:
+        baseline, origin = given_baseline(model, data, device=device)
+    else:
+        baseline, origin = obtain_baseline(recipe.model, recipe.data, recipe.baseline.train, data, device=device,
+                                           seed=recipe.seed, cache=recipe.baseline.cache,
+                                           cache_dir=recipe.baseline.cache_dir, verbose=verbose and rank == 0)
     for p in baseline.parameters():
         p.requires_grad_(False)
     model = copy.deepcopy(baseline)
@@ -140,8 +150,9 @@ def _run_steps(ctx: RunContext, start: int, verbose: bool) -> None:
 
 def run_recipe(*, recipe_path: str | None = None, out: str | None = None, device: str | None = None,
                overrides: list[str] | tuple[str, ...] = (), force: bool = False, resume: bool = False,
-               verbose: bool = True) -> RunContext:
-    """Run a recipe end to end and return the final context (model, records, analysis).
+               verbose: bool = True, model: nn.Module | None = None, data: Any = None) -> RunContext:
+    """Run a recipe end to end and return the final context (model, records, analysis); its ``report`` steps
+    write the report into ``out`` exactly as the CLI does.
 
     Args:
         recipe_path: YAML file, or ``None`` for the embedded default recipe.
@@ -149,7 +160,13 @@ def run_recipe(*, recipe_path: str | None = None, out: str | None = None, device
         device: overrides the recipe's device (``auto``, ``cpu``, ``cuda``...).
         overrides: ``a.b=value`` strings applied to the recipe before validation.
         force: replace an existing output directory.
-        resume: continue the run in ``out``.
+        resume: continue the run in ``out`` (with an in-memory ``model`` / ``data``, pass the same ones again).
+        model: an in-memory trained model to compress instead of the recipe's ``model`` section (a copy is
+            used; the object passed is never changed). Saved files then pickle the module (its class must be
+            importable to load ``model.pt``); ``model.pt2`` / ``model.onnx`` need no code.
+        data: in-memory data instead of the recipe's ``data.source``: a mapping with ``train`` and ``test``
+            datasets or loaders (``val``, ``calib``, ``num_classes`` optional), as a data factory returns (see
+            :mod:`compress.data.factory`); the recipe's loader options (batch sizes, val/calib sizes) apply.
 
     Raises:
         CompressError: a bad recipe (before the output directory is touched), bad data or model (the new
@@ -176,7 +193,7 @@ def run_recipe(*, recipe_path: str | None = None, out: str | None = None, device
     undo = False
     try:
         seed_everything(recipe.seed)
-        ctx = _build_context(recipe, recipe_path, out_dir, dev, rank, world, verbose)
+        ctx = _build_context(recipe, recipe_path, out_dir, dev, rank, world, verbose, model=model, splits=data)
         start = _first_step(ctx, resume, verbose)
         if not ctx.records:
             _record_baseline(ctx)
@@ -216,7 +233,7 @@ def _record_baseline(ctx: RunContext) -> None:
                                   BaselineDetails(origin=ctx.baseline_origin)))
     if ctx.is_main:
         atomic_write_text(ctx.out_dir / "recipe.yaml", yaml.safe_dump(recipe_to_data(ctx.recipe), sort_keys=False))
-        save(ctx.baseline, ctx.out_dir / "baseline.pt", spec=ctx.recipe.model.spec())
+        save(ctx.baseline, ctx.out_dir / "baseline.pt", spec=_spec(ctx))
         _save_progress(ctx, -1)
 
 
@@ -224,7 +241,7 @@ def _write_results(ctx: RunContext) -> None:
     """The compressed model and ``run.json`` (environment, data, every step's record)."""
     from .serialization import save
 
-    save(ctx.model, ctx.out_dir / "model.pt", spec=ctx.recipe.model.spec())
+    save(ctx.model, ctx.out_dir / "model.pt", spec=_spec(ctx))
     atomic_write_json(ctx.out_dir / "run.json", {"environment": ctx.environment, "data": ctx.data.describe(),
                                                  "baseline": ctx.baseline_origin,
                                                  "steps": [r.to_plain() for r in ctx.records]})

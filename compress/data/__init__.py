@@ -10,14 +10,14 @@ from __future__ import annotations
 import copy
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checks import check_labels, check_nonempty
 from .config import SOURCES, DataConfig
-from .factory import is_factory, load_factory
+from .factory import UserData, is_factory, load_factory
 from .idx import read_idx
 from .sources import load_source
 from .split import SPLIT_VERSION, class_counts, dataset_labels, stratified_sample, stratified_split
@@ -56,18 +56,23 @@ class DataBundle:
                 "input_shape": list(self.input_shape), "sizes": dict(self.sizes), "splits": dict(self.splits)}
 
 
-def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
+def build_data(cfg: DataConfig, *, seed: int = 0, splits: Mapping[str, Any] | None = None) -> DataBundle:
     """Load ``cfg.source`` (a built-in source or a user factory) and build the four loaders.
 
     Args:
-        cfg: the recipe's data section.
+        cfg: the recipe's data section (with ``splits``, only its loader options are used).
         seed: seeds the stratified splits and the training loader's shuffling generator (the training loop
             re-seeds it per epoch).
+        splits: in-memory data instead of ``cfg.source``: what a data factory returns (``train`` and ``test``
+            datasets or loaders; ``val``, ``calib``, ``num_classes`` optional; see :mod:`compress.data.factory`).
 
     Raises:
         CompressError: data missing, empty or inconsistent.
     """
-    user = load_factory(cfg.source, cfg.kwargs) if is_factory(cfg.source) else None
+    if splits is not None:
+        user = UserData.checked("in-memory data", splits)
+    else:
+        user = load_factory(cfg.source, cfg.kwargs) if is_factory(cfg.source) else None
     if user is None:
         train_full, test, num_classes = load_source(cfg, seed=seed)
     else:
@@ -123,8 +128,8 @@ def build_data(cfg: DataConfig, *, seed: int = 0) -> DataBundle:
                                                  **loader_args)),
         num_classes=num_classes,
         input_shape=tuple(x0.shape),
-        source=cfg.source,
-        synthetic=cfg.source == "synthetic",
+        source=user.source if user is not None else cfg.source,
+        synthetic=user is None and cfg.source == "synthetic",
         sizes={"train": len(train), "val": val_size, "test": len(test), "calib": calib_n},
         splits={"method": "stratified" if user is None else "factory (val/calib drawn stratified when absent)",
                 "version": SPLIT_VERSION, "seed": seed, "class_counts": counts},

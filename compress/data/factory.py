@@ -38,11 +38,35 @@ def _import(source: str) -> Callable[..., Any]:
 
 
 class UserData:
-    """What a factory returned, checked: datasets or loaders per split, and the class count."""
+    """What a factory returned (or what a caller passed in memory), checked: datasets or loaders per split, and
+    the class count."""
 
     def __init__(self, source: str, parts: Mapping[str, Any]) -> None:
         self.source = source
         self.parts = dict(parts)
+
+    @classmethod
+    def checked(cls, source: str, parts: Any) -> "UserData":
+        """``parts`` checked against the contract (a mapping with ``train`` and ``test`` datasets or loaders).
+
+        Raises:
+            CompressError: anything else, naming ``source`` and what was expected.
+        """
+        if not isinstance(parts, Mapping):
+            raise CompressError(f"data.source: {source} returned {type(parts).__name__}; expected a mapping with "
+                                "the keys train and test (and optionally val, calib, num_classes)")
+        unknown = [k for k in parts if k not in KEYS]
+        missing = [k for k in ("train", "test") if parts.get(k) is None]
+        if unknown or missing:
+            what = f"unknown key {unknown[0]!r}" if unknown else f"no {missing[0]!r}"
+            raise CompressError(f"data.source: {source} returned {what}; expected the keys train and test (and "
+                                "optionally val, calib, num_classes)")
+        for key in ("train", "val", "test", "calib"):
+            part = parts.get(key)
+            if part is not None and not isinstance(part, (Dataset, DataLoader)):
+                raise CompressError(f"data.source: {source} returned {type(part).__name__} for {key!r}; expected "
+                                    "a torch Dataset or DataLoader")
+        return cls(source, parts)
 
     def dataset(self, split: str) -> Dataset | None:
         """The split's dataset (a loader's ``dataset``), ``None`` when the factory gave none."""
@@ -78,18 +102,4 @@ def load_factory(source: str, kwargs: Mapping[str, Any]) -> UserData:
         parts = factory(**dict(kwargs))
     except TypeError as err:
         raise CompressError(f"data.kwargs: {source} rejected the arguments {dict(kwargs)} ({err})") from None
-    if not isinstance(parts, Mapping):
-        raise CompressError(f"data.source: {source} returned {type(parts).__name__}; expected a mapping with the "
-                            "keys train and test (and optionally val, calib, num_classes)")
-    unknown = [k for k in parts if k not in KEYS]
-    missing = [k for k in ("train", "test") if parts.get(k) is None]
-    if unknown or missing:
-        what = f"unknown key {unknown[0]!r}" if unknown else f"no {missing[0]!r}"
-        raise CompressError(f"data.source: {source} returned {what}; expected the keys train and test (and "
-                            f"optionally val, calib, num_classes)")
-    for key in ("train", "val", "test", "calib"):
-        part = parts.get(key)
-        if part is not None and not isinstance(part, (Dataset, DataLoader)):
-            raise CompressError(f"data.source: {source} returned {type(part).__name__} for {key!r}; expected a "
-                                "torch Dataset or DataLoader")
-    return UserData(source, parts)
+    return UserData.checked(source, parts)
