@@ -18,6 +18,7 @@ from ..records import StepDetails
 from . import distributed as D
 from .calibrate import calibrate_bn
 from .config import DistillConfig, TrainConfig
+from .curves import write_curves
 from .history import TrainHistory
 from .loop import fit
 
@@ -61,13 +62,16 @@ class FinetuneDetails(StepDetails):
     Attributes:
         distill: the distillation settings used (``None``: labels only).
         history: the full training record (per-step loss and learning rate, per-epoch accuracy, best epoch).
+        curves: run-relative directory of the curves (``steps.csv``, ``epochs.csv``, ``tensorboard/``), or
+            ``None`` on ranks that write nothing.
     """
 
     distill: dict[str, Any] | None
     history: TrainHistory
+    curves: str | None = None
 
     def to_plain(self) -> dict[str, Any]:
-        return {"distill": self.distill, **jsonable(self.history.summary())}
+        return {"distill": self.distill, "curves": self.curves, **jsonable(self.history.summary())}
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,11 @@ def finetune(ctx: Any, cfg: FinetuneStep) -> FinetuneDetails:
                   teacher=ctx.baseline if cfg.distill is not None else None, distill=cfg.distill,
                   checkpoint_path=ctx.out_dir / "checkpoints" / f"step{ctx.step_index}.pt",
                   resume=ctx.resume, seed=ctx.seed + ctx.step_index, verbose=ctx.verbose)
-    return FinetuneDetails(distill=to_plain(cfg.distill), history=history)
+    curves = None
+    if ctx.is_main:
+        curves = f"curves/step{ctx.step_index}"
+        write_curves(history, ctx.out_dir / curves)
+    return FinetuneDetails(distill=to_plain(cfg.distill), history=history, curves=curves)
 
 
 @register_step("calibrate", CalibrateStep, CalibrateDetails)

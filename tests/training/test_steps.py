@@ -66,3 +66,18 @@ def test_calibrate_step_reestimates_bn(tmp_path, _ctx):
     details = calibrate(ctx, CalibrateStep(max_batches=1))
     assert details == CalibrateDetails(bn_layers=2, batches=1)
     assert model.bn1.num_batches_tracked.item() == 1 and not torch.equal(model.bn1.running_mean, torch.zeros(4))
+
+
+def test_finetune_writes_its_training_curves(tmp_path, _ctx):
+    import csv
+
+    ctx = _ctx(tmp_path, TinyNet(4), baseline=None)
+    details = finetune(ctx, parse(FinetuneStep, {"epochs": 2, "distill": None}))
+    folder = tmp_path / details.curves
+    steps = list(csv.DictReader((folder / "steps.csv").open()))
+    epochs = list(csv.DictReader((folder / "epochs.csv").open()))
+    assert len(steps) == details.history.steps and len(epochs) == 2
+    assert [float(r["loss"]) for r in steps] == pytest.approx(details.history.step_loss)
+    assert float(epochs[-1]["val_acc"]) == pytest.approx(details.history.epochs[-1]["val_acc"])
+    pytest.importorskip("tensorboard")
+    assert any((folder / "tensorboard").iterdir())  # an event file
