@@ -1,0 +1,1 @@
+"""Recipes: YAML files that drive a whole compression run (model, data, baseline, steps, output)."""

@@ -1,0 +1,371 @@
+"""Dependency-aware channel pruning on torch-pruning 1.6: by a uniform channel ratio or down to a MACs target.
+
+:func:`prune` mutates the model in place:
+
+1. makes it traceable (torchvision ShuffleNetV2 blocks get a module shuffle, see :mod:`.tp_compat`);
+2. protects the classifier's outputs (layers whose channels reach the model output) and user-ignored layers;
+3. removes dead channels losslessly when an analysis is given (:mod:`.dead`);
+4. prunes each tp group to ``int(original_width * (1 - ratio))`` channels with tp's ``BasePruner`` and a named
+   importance (:mod:`.importance`); dead channels the analysis reports rank first.
+
+Ratios are channel ratios, relative to the *original* widths (a MobileNet width multiplier of ``1 - ratio``);
+MACs fall roughly quadratically. ``macs_target`` raises the ratio in steps of :data:`STEP`, re-estimating
+importance on the pruned model each step, and sizes the last step by bisection so the MACs land in
+``[(1 - MACS_TOL) * target, target]`` where the channel granularity allows.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Collection, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from tqdm import tqdm
+
+from ...errors import CompressError
+from ...modes import evaluating, restore_training
+from .dead import DeadReport, remove_dead_channels
+from .importance import IMPORTANCES, NEEDS_ANALYSIS, DeadFirst, make_importance
+from .layer_roles import layer_width, locked_layers, output_layers
+from .tp_compat import (ChannelOrigins, build_graph, customized_pruners, link_index_maps,
+                        prune_group, replay_history, swap_shufflenet_blocks, traceable)
+
+__all__ = ["PruneResult", "prune", "count_macs_params", "STEP", "MAX_RATIO", "MACS_TOL"]
+
+STEP = 0.1  # channel-ratio increase per iterative step towards a MACs target
+MAX_RATIO = 0.95  # never ask for more than this channel ratio
+MACS_TOL = 0.02  # the MACs target is met when MACs are in [(1 - MACS_TOL) * target, target]
+_MAX_BISECT = 12
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` did.
+
+    Attributes:
+        macs_before / macs_after: multiply-accumulates for ``example_inputs`` (tp's counter).
+        params_before / params_after: parameter counts.
+        channels_before / channels_after: output width of every conv / linear, by qualified name.
+        dead: dead channels removed (with their measured fold error) and skipped (with reasons).
+        steps: pruning steps applied (a ratio is one step; a MACs target takes several).
+        ratio: the channel ratio finally applied, relative to the original widths (``None``: no ratio pruning).
+        macs_target: the requested fraction of the original MACs, if any.
+        target_met: whether ``macs_after <= macs_target * macs_before`` (``None`` without a target).
+        importance: the importance name used.
+        ignored: layers whose output channels were protected (user patterns plus the auto-detected classifier).
+        prepared: changes made only to let tp trace the model (e.g. ShuffleNetV2 blocks swapped).
+        seconds: wall time.
+    """
+
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    channels_before: dict[str, int]
+    channels_after: dict[str, int]
+    dead: DeadReport = field(default_factory=DeadReport)
+    steps: int = 0
+    ratio: float | None = None
+    macs_target: float | None = None
+    target_met: bool | None = None
+    importance: str = "l2"
+    ignored: list[str] = field(default_factory=list)
+    prepared: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def macs_fraction(self) -> float:
+        """``macs_after / macs_before``."""
+        return self.macs_after / max(self.macs_before, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON/YAML-friendly) for records and reports."""
+        out = asdict(self)
+        out["dead"] = self.dead.to_dict()
+        out["macs_fraction"] = round(self.macs_fraction, 6)
+        out["layers"] = {n: [self.channels_before[n], self.channels_after.get(n, 0)] for n in self.channels_before
+                         if self.channels_after.get(n, 0) != self.channels_before[n]}
+        del out["channels_before"], out["channels_after"]
+        return out
+
+
+@torch.no_grad()
+def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """``(MACs, params)`` of ``model`` for ``example_inputs`` with tp's op counter (the model is not changed)."""
+    with restore_training(model):
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    return int(macs), int(params)
+
+
+def _widths(model: nn.Module, names: Iterable[str]) -> dict[str, int]:
+    return {name: layer_width(model.get_submodule(name)) for name in names}
+
+
+def _validate(ratio: float | None, macs_target: float | None, importance: str, analysis: Any, calib: Any,
+              round_to: int | None, per_layer: Mapping[str, float] | None, max_steps: int, dead_tol: float,
+              remove_dead: bool) -> None:
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise CompressError(f"prune.ratio: expected a channel ratio in (0, 1), got {ratio!r}")
+    if macs_target is not None and not 0.0 < macs_target <= 1.0:
+        raise CompressError("prune.macs_target: expected a fraction of the original MACs in (0, 1], "
+                            f"got {macs_target!r}")
+    if ratio is not None and macs_target is not None:
+        raise CompressError("prune: give either ratio or macs_target, not both")
+    if ratio is None and macs_target is None and not per_layer and not (remove_dead and analysis is not None):
+        raise CompressError("prune: nothing to do; give ratio, macs_target or per_layer "
+                            "(or remove_dead with an analysis)")
+    if importance not in IMPORTANCES:
+        raise CompressError(f"prune.importance: expected one of {', '.join(IMPORTANCES)}, got {importance!r}")
+    if importance in NEEDS_ANALYSIS and analysis is None:
+        raise CompressError(f"prune.importance: {importance!r} needs an analysis (run an 'analyze' step first)")
+    if importance == "taylor" and not calib:
+        raise CompressError("prune.importance: 'taylor' needs calibration batches (calib)")
+    if round_to is not None and round_to < 1:
+        raise CompressError(f"prune.round_to: expected an integer >= 1 or null, got {round_to!r}")
+    for pattern, value in (per_layer or {}).items():
+        if not 0.0 <= value < 1.0:
+            raise CompressError(f"prune.per_layer.{pattern}: expected a channel ratio in [0, 1), got {value!r}")
+    if max_steps < 1:
+        raise CompressError(f"prune.max_steps: expected an integer >= 1, got {max_steps!r}")
+    if dead_tol < 0:
+        raise CompressError(f"prune.dead_tol: expected a number >= 0, got {dead_tol!r}")
+
+
+def _match(patterns: Iterable[Any], model: nn.Module, field_name: str) -> set[str]:
+    """Qualified names of the modules (and their submodules) that the patterns / modules select."""
+    names = {m: n for n, m in model.named_modules()}
+    selected: set[str] = set()
+    for pattern in patterns:
+        if isinstance(pattern, nn.Module):
+            roots = [names[pattern]] if pattern in names else []
+        else:
+            roots = [n for n in names.values() if n and fnmatch.fnmatchcase(n, str(pattern))]
+        if not roots:
+            raise CompressError(f"prune.{field_name}: {pattern!r} matches no module of the model "
+                                "(use qualified names from model.named_modules(), fnmatch patterns allowed)")
+        for root in roots:
+            selected.update(f"{root}.{sub}" if sub else root for sub, _ in model.get_submodule(root).named_modules())
+    return selected
+
+
+def _check_analysis(analysis: Any, origins: ChannelOrigins) -> None:
+    """Refuse an analysis whose channel numbering cannot be this model's (taken before an earlier change)."""
+    for layer, channels in analysis.dead_channels().items():
+        width = origins.initial.get(layer)
+        if width is not None and channels and max(channels) >= width:
+            raise CompressError(f"prune: the analysis reports channel {max(channels)} of {layer}, which has only "
+                                f"{width}; re-run 'analyze' after changing the model")
+
+
+def _calib_batches(calib: Any) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    if calib is None:
+        return []
+    items = [calib] if isinstance(calib, torch.Tensor) else list(calib)
+    out = []
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            out.append((item, None))
+        else:
+            out.append((item[0], item[1] if len(item) > 1 else None))
+    return out
+
+
+def _accumulate_gradients(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+    """Loss gradients for Taylor importance; labels default to the model's own predictions."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad(), evaluating(model):
+        for x, y in batches:
+            out = model(x)
+            out = out if isinstance(out, torch.Tensor) else out[0]
+            target = y.to(out.device) if y is not None else out.detach().argmax(dim=1)
+            F.cross_entropy(out, target).backward()
+
+
+@dataclass
+class _Trial:
+    model: nn.Module
+    origins: ChannelOrigins
+    history: list
+    ratio: float
+    macs: int
+
+
+class _Pruner:
+    """Prunes one model to total channel ratios relative to its original widths (see :func:`prune`)."""
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, origins: ChannelOrigins, *, importance: str,
+                 analysis: Any, ignored: set[str], round_to: int | None, per_layer: Mapping[str, float],
+                 calib: list, verbose: bool) -> None:
+        self.model, self.example_inputs, self.origins = model, example_inputs, origins
+        self.importance, self.analysis, self.ignored = importance, analysis, ignored
+        self.round_to, self.calib, self.verbose = round_to, calib, verbose
+        self.per_layer = {name: ratio for pattern, ratio in per_layer.items()
+                          for name in _match([pattern], model, "per_layer")}
+        self.dead = ({layer: set(ch) for layer, ch in analysis.dead_channels().items()}
+                     if analysis is not None else {})
+
+    def _ratio_dict(self, model: nn.Module, origins: ChannelOrigins, ratio: float) -> dict[nn.Module, float]:
+        """tp ratios relative to the *current* widths that leave ``int(original * (1 - r))`` channels."""
+        out = {}
+        for name, width in _widths(model, origins.index).items():
+            if name in self.ignored:
+                continue
+            keep = max(1, int(origins.initial[name] * (1.0 - self.per_layer.get(name, ratio))))
+            # +0.5: tp keeps int(width * (1 - r)) channels; aim between integers so float error cannot round down
+            out[model.get_submodule(name)] = 0.0 if keep >= width else 1.0 - (keep + 0.5) / width
+        return out
+
+    def _importance(self, model: nn.Module, origins: ChannelOrigins) -> Any:
+        names = {m: n for n, m in model.named_modules()}
+        imp = make_importance(self.importance, analysis=self.analysis, origins=origins, names=names)
+        return DeadFirst(imp, self.dead, origins, names) if self.dead else imp
+
+    def apply(self, model: nn.Module, origins: ChannelOrigins, ratio: float) -> list:
+        """Prune ``model`` in place to ``ratio``; returns tp's pruning history (for replay on another copy)."""
+        names = {m: n for n, m in model.named_modules()}
+        pruners = customized_pruners()
+        if self.importance == "taylor":
+            _accumulate_gradients(model, self.calib)
+        with traceable(model, pruners), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tp warns about unwrapped parameters it then handles correctly
+            pruner = tp.pruner.BasePruner(
+                model, self.example_inputs, importance=self._importance(model, origins), pruning_ratio=0.0,
+                pruning_ratio_dict=self._ratio_dict(model, origins, ratio),
+                ignored_layers=[model.get_submodule(n) for n in sorted(self.ignored)], round_to=self.round_to,
+                customized_pruners=pruners, root_module_types=[nn.Conv2d, nn.Linear],
+                # tp's dict defaults are shared between instances and mutated: always pass fresh ones
+                in_channel_groups={}, out_channel_groups={}, num_heads={}, channel_groups={})
+        link_index_maps(pruner.DG)
+        for group in pruner.step(interactive=True):
+            origins.record(group, names)
+            prune_group(pruner.DG, group)
+        model.zero_grad(set_to_none=True)
+        return pruner.pruning_history()
+
+    def trial(self, ratio: float) -> _Trial:
+        """Prune a copy of the current model to ``ratio`` and count its MACs."""
+        model, origins = copy.deepcopy(self.model), self.origins.copy()
+        history = self.apply(model, origins, ratio)
+        return _Trial(model, origins, history, ratio, count_macs_params(model, self.example_inputs)[0])
+
+    def commit(self, trial: _Trial) -> None:
+        """Replay a trial's exact pruning on the real model (tp's pruning history)."""
+        replay_history(build_graph(self.model, self.example_inputs), trial.history)
+        self.origins.index = trial.origins.index
+
+    def to_macs(self, target: float, max_steps: int) -> tuple[int, float]:
+        """Prune in steps until MACs <= ``target``; returns ``(steps, final ratio)``."""
+        done, steps = 0.0, 0
+        macs = count_macs_params(self.model, self.example_inputs)[0]
+        bar = tqdm(total=max_steps, desc="prune steps", leave=False, disable=not self.verbose)
+        while macs > target and steps < max_steps and done < MAX_RATIO:
+            trial = self.trial(min(done + STEP, MAX_RATIO))
+            if trial.macs <= target:
+                trial = self._bisect(done, trial, target)
+            self.commit(trial)
+            done, macs, steps = trial.ratio, trial.macs, steps + 1
+            bar.update(1)
+        bar.close()
+        return steps, done
+
+    def _bisect(self, low: float, best: _Trial, target: float) -> _Trial:
+        """Between ratio ``low`` (MACs above target) and ``best`` (at or below), find the largest MACs <= target."""
+        high = best.ratio
+        for _ in range(_MAX_BISECT):
+            if best.macs >= (1.0 - MACS_TOL) * target:
+                break
+            trial = self.trial((low + high) / 2)
+            if trial.macs > target:
+                low = trial.ratio
+            else:
+                high, best = trial.ratio, trial
+        return best
+
+
+def _auto_ignored(model: nn.Module, example_inputs: torch.Tensor) -> set[str]:
+    """Names of the classifier (layers reaching the output) and of layers tp cannot prune consistently."""
+    names = {m: n for n, m in model.named_modules()}
+    graph = build_graph(model, example_inputs)
+    return {names[m] for m in output_layers(graph) | locked_layers(graph)}
+
+
+def _prepare(model: nn.Module) -> list[str]:
+    swapped = swap_shufflenet_blocks(model)
+    return [f"{swapped} ShuffleNetV2 blocks -> ShuffleV2Block (module channel shuffle)"] if swapped else []
+
+
+def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None = None,
+          macs_target: float | None = None, importance: str = "l2", analysis: Any = None, calib: Any = None,
+          remove_dead: bool = True, dead_tol: float = 1e-4, round_to: int | None = None,
+          ignored_layers: Collection[str | nn.Module] = (), per_layer: Mapping[str, float] | None = None,
+          max_steps: int = 10, held_out: Any = None, verbose: bool = False) -> PruneResult:
+    """Prune output channels of ``model`` in place, keeping every dependency consistent (torch-pruning).
+
+    Args:
+        model: the network; mutated in place (and its ShuffleNetV2 blocks swapped for traceable ones).
+        example_inputs: one batch for tracing and MACs counting, shape ``(1, C, H, W)``, on the model's device.
+        ratio: uniform channel ratio in ``(0, 1)`` removed from every prunable group (relative to original widths).
+        macs_target: instead of ``ratio``, prune until MACs are at most this fraction ``(0, 1]`` of the original.
+        importance: one of :data:`compress.transforms.prune.importance.IMPORTANCES`.
+        analysis: a :class:`compress.analysis.Analysis` (dead channels, per-channel statistics, correlations).
+        calib: batches (tensors or ``(images, labels)``) used by ``taylor`` and to verify dead-channel folds.
+        remove_dead: remove the analysis' constant channels losslessly first.
+        dead_tol: largest relative output error accepted for a border-inexact dead-channel fold.
+        round_to: keep widths multiples of this (tp's ``round_to``).
+        ignored_layers: modules or fnmatch patterns of qualified names whose output channels stay.
+        per_layer: fnmatch pattern -> channel ratio, overriding ``ratio`` for matching layers (in a coupled group
+            the group's first layer decides).
+        max_steps: most steps towards ``macs_target``.
+        held_out: batches (tensors or ``(images, labels)``) the analysis did not see, e.g. the val split: the
+            dead-channel removal's output error is also measured on them (``result.dead.held_out_error``).
+        verbose: show progress bars.
+
+    Returns:
+        A :class:`PruneResult`.
+
+    Raises:
+        CompressError: invalid arguments (ranges, unknown importance, patterns matching nothing, ...).
+    """
+    _validate(ratio, macs_target, importance, analysis, calib, round_to, per_layer, max_steps, dead_tol, remove_dead)
+    start = time.perf_counter()
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    ignored = _match(ignored_layers, model, "ignored_layers")
+    prepared = _prepare(model)
+    calib_batches = _calib_batches(calib)
+    macs0, params0 = count_macs_params(model, example_inputs)
+    origins = ChannelOrigins(model)
+    if analysis is not None:
+        _check_analysis(analysis, origins)
+    ignored |= _auto_ignored(model, example_inputs)
+    dead, steps, applied = DeadReport(), 0, None
+    try:
+        if remove_dead and analysis is not None:
+            dead = remove_dead_channels(model, example_inputs, analysis, probe=[x for x, _ in calib_batches] or None,
+                                        tol=dead_tol, origins=origins, verbose=verbose,
+                                        ignored={model.get_submodule(n) for n in ignored},
+                                        held_out=[x for x, _ in _calib_batches(held_out)] or None)
+        pruner = _Pruner(model, example_inputs, origins, importance=importance, analysis=analysis, ignored=ignored,
+                         round_to=round_to, per_layer=per_layer or {}, calib=calib_batches, verbose=verbose)
+        if macs_target is not None:
+            steps, applied = pruner.to_macs(macs_target * macs0, max_steps)
+        elif ratio is not None or per_layer:
+            steps, applied = 1, ratio or 0.0
+            pruner.apply(model, origins, applied)
+    finally:
+        # tp replaces pruned parameters by new ones that require grad: frozen layers must stay frozen
+        for name, param in model.named_parameters():
+            param.requires_grad_(name not in frozen)
+    macs1, params1 = count_macs_params(model, example_inputs)
+    met = None if macs_target is None else macs1 <= macs_target * macs0
+    if met is False:
+        warnings.warn(f"prune: MACs target {macs_target} not reached ({macs1 / macs0:.3f} of the original after "
+                      f"{steps} steps); ignored layers or max_steps={max_steps} limit it", stacklevel=2)
+    return PruneResult(macs0, macs1, params0, params1, dict(origins.initial), _widths(model, origins.index), dead,
+                       steps, applied, macs_target, met, importance, sorted(n for n in ignored if n in origins.index),
+                       prepared, round(time.perf_counter() - start, 3))

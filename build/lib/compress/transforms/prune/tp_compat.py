@@ -1,0 +1,364 @@
+"""Make models traceable by torch-pruning 1.6 and build its dependency graph safely.
+
+Three things torch-pruning cannot do on its own, fixed here without re-implementing it:
+
+* torchvision's ShuffleNetV2 shuffles channels with a functional ``view``/``transpose`` that tp's reshape index
+  mapping divides by zero on. :func:`swap_shufflenet_blocks` replaces each of its ``InvertedResidual`` blocks
+  with :class:`ShuffleV2Block` (same submodules, a :class:`~compress.transforms.modules.ChannelShuffle` module,
+  and a split sized from ``branch2`` instead of ``chunk(2)`` so unequal pruning of the halves stays valid).
+* A channel shuffle or permutation reorders channels: pruning input channel ``i`` must remove the output channel
+  it lands on (for a shuffle, the same position from every shuffle group). :class:`ChannelShufflePruner` /
+  :class:`ChannelPermutePruner` plus explicit index-mapped dependencies (added by :func:`build_graph`) express
+  exactly that in tp's own dependency graph. Where that mapping would unbalance a grouped conv, the channels are
+  locked instead (:func:`compress.transforms.prune.layer_roles.locked_layers`).
+* ``build_dependency`` needs autograd enabled and calls ``model.eval()``; :func:`build_graph` enables grad and
+  restores every submodule's train/eval mode afterwards.
+
+This is the one set of tp extensions for compress' modules: pruning, dead-channel removal and the rewrites'
+permute folding and producer lookup all build their graphs with :func:`build_graph`.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sys
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning import _helpers
+from torch_pruning.dependency import Dependency
+
+from ...module_tree import set_module
+from ...modes import restore_training
+from ..modules import ChannelPermute, ChannelShuffle
+from .layer_roles import layer_width
+
+__all__ = ["ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
+           "shuffle_permutation", "customized_pruners", "traceable", "link_index_maps",
+           "build_graph", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins", "prune_group", "replay_history"]
+
+
+class ShuffleV2Block(nn.Module):
+    """torchvision's ShuffleNetV2 ``InvertedResidual`` with the shuffle as a module (traceable by tp).
+
+    The stride-1 path splits its input as ``[C - c2, c2]`` with ``c2 = branch2[0].in_channels`` (equal to
+    torchvision's ``chunk(2)`` before pruning), so the block stays valid when pruning shrinks the halves unequally.
+
+    Args:
+        stride: the block's stride (1 keeps half of the input as identity).
+        branch1: the stride>1 shortcut branch (empty ``nn.Sequential`` when ``stride == 1``).
+        branch2: the main branch; its first module is a 1x1 ``Conv2d``.
+        shuffle: the channel shuffle, a :class:`ChannelPermute` or :class:`ChannelShuffle` (``groups=2``).
+
+    Shape:
+        input ``(B, C, H, W)`` -> output ``(B, C_out, H / stride, W / stride)``.
+    """
+
+    def __init__(self, stride: int, branch1: nn.Module | None = None, branch2: nn.Module | None = None,
+                 shuffle: nn.Module | None = None) -> None:
+        super().__init__()
+        self.stride = stride
+        self.branch1 = branch1 if branch1 is not None else nn.Sequential()
+        self.branch2 = branch2 if branch2 is not None else nn.Sequential()
+        self.shuffle = shuffle if shuffle is not None else ChannelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            c2 = self.branch2[0].in_channels
+            x1, x2 = torch.split(x, [x.shape[1] - c2, c2], dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return self.shuffle(out)
+
+
+def swap_shufflenet_blocks(model: nn.Module, *, shuffle: Literal["permute", "groups"] = "permute") -> int:
+    """Replace each torchvision ShuffleNetV2 ``InvertedResidual`` in ``model`` by an equivalent :class:`ShuffleV2Block`.
+
+    The submodules (and so the weights) are moved, not copied; outputs are unchanged.
+
+    Args:
+        model: changed in place.
+        shuffle: ``"permute"`` uses a :class:`ChannelPermute` holding the shuffle's permutation, so every channel
+            prunes on its own; ``"groups"`` keeps a :class:`ChannelShuffle`, whose consistent pruning removes a
+            position from both groups at once and so couples each stage's pass-through channels into sets that
+            double per block (in practice those stay unpruned).
+
+    Returns:
+        The number of blocks replaced.
+    """
+    shufflenet = sys.modules.get("torchvision.models.shufflenetv2")
+    if shufflenet is None:  # the model cannot hold torchvision's blocks; spare the (slow) torchvision import
+        return 0
+    InvertedResidual = shufflenet.InvertedResidual  # noqa: N806 - a class
+    targets = [name for name, m in model.named_modules() if type(m) is InvertedResidual]
+    for name in targets:
+        old = model.get_submodule(name)
+        channels = _block_out_channels(old)
+        new_shuffle = ChannelPermute(shuffle_permutation(channels, 2)) if shuffle == "permute" else ChannelShuffle(2)
+        set_module(model, name, ShuffleV2Block(old.stride, old.branch1, old.branch2, new_shuffle))
+    return len(targets)
+
+
+def _block_out_channels(block: nn.Module) -> int:
+    convs = [m for m in block.branch2.modules() if isinstance(m, nn.Conv2d)]
+    half = convs[-1].out_channels
+    return 2 * half
+
+
+class ChannelShufflePruner(tp.pruner.BasePruningFunc):
+    """tp pruning function for :class:`ChannelShuffle`: the module has no parameters, so pruning only counts.
+
+    ``prune_in_channels`` and ``prune_out_channels`` are different functions on purpose: tp then adds no identity
+    intra-layer dependency, and :func:`build_graph` adds the two index-mapped ones (input <-> output positions).
+    The channel count of each shuffle (not stored by the module) is recorded while tracing and kept current here.
+    """
+
+    TARGET_MODULES = (ChannelShuffle,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels: dict[nn.Module, int] = {}
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        # tp calls both functions once per group with the same (expanded) count; count it on one side only
+        self.channels[layer] -= len(idxs)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int | None:
+        return self.channels.get(layer)
+
+    get_in_channels = get_out_channels
+
+    def get_in_channel_groups(self, layer: nn.Module) -> int:
+        # tp's pruner then removes the same position from every group (its channel-group mechanism), which is
+        # exactly the set the index mapping couples; otherwise each root channel would drag g channels along
+        return layer.groups
+
+    get_out_channel_groups = get_in_channel_groups
+
+
+def shuffle_permutation(channels: int, groups: int) -> torch.Tensor:
+    """Index ``perm`` with ``shuffle(x)[:, j] == x[:, perm[j]]`` for :class:`ChannelShuffle` ``(groups)``.
+
+    Returns:
+        Long tensor of shape ``(channels,)``.
+    """
+    j = torch.arange(channels)
+    return (j % groups) * (channels // groups) + j // groups
+
+
+class _ShuffleIndexMapping:
+    """Maps pruned indices across a channel shuffle, expanding each to its position in every group.
+
+    Input channel ``i = a * (C // g) + b`` lands at output ``b * g + a``; removing it alone would break the
+    shuffle's block structure, so position ``b`` is removed from all ``g`` groups.
+    """
+
+    def __init__(self, pruner: ChannelShufflePruner, module: ChannelShuffle, to_output: bool) -> None:
+        self.pruner, self.module, self.to_output = pruner, module, to_output
+
+    def __call__(self, idxs: list) -> list:
+        groups = self.module.groups
+        per_group = self.pruner.channels[self.module] // groups
+        out: dict[int, Any] = {}
+        for h in idxs:
+            position = h.idx % per_group if self.to_output else h.idx // groups
+            for a in range(groups):
+                new = position * groups + a if self.to_output else a * per_group + position
+                out.setdefault(new, h.root_idx)  # one entry per channel: tp does not merge duplicates here
+        return [_helpers._HybridIndex(idx=i, root_idx=r) for i, r in sorted(out.items())]
+
+
+class ChannelPermutePruner(tp.pruner.BasePruningFunc):
+    """tp pruning function for :class:`ChannelPermute`: removing output channels re-ranks the permutation.
+
+    As for :class:`ChannelShufflePruner`, input and output pruning are distinct functions linked by index-mapped
+    dependencies (output ``j`` reads input ``perm[j]``); each channel prunes independently.
+    """
+
+    TARGET_MODULES = (ChannelPermute,)
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = torch.ones(layer.perm.numel(), dtype=torch.bool, device=layer.perm.device)
+        keep[list(idxs)] = False
+        kept_inputs = layer.perm[keep]
+        # the kept inputs are renumbered 0..n-1 in their original order
+        layer.perm = torch.argsort(torch.argsort(kept_inputs))
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        return layer  # done by prune_out_channels, which tp calls with the matching output indices
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.perm.numel()
+
+    get_in_channels = get_out_channels
+
+
+class _PermuteIndexMapping:
+    """Maps pruned indices across a :class:`ChannelPermute` (one to one)."""
+
+    def __init__(self, module: ChannelPermute, to_output: bool) -> None:
+        self.module, self.to_output = module, to_output
+
+    def __call__(self, idxs: list) -> list:
+        perm = self.module.perm.tolist()
+        table = {i: j for j, i in enumerate(perm)} if self.to_output else dict(enumerate(perm))
+        return sorted((_helpers._HybridIndex(idx=table[h.idx], root_idx=h.root_idx) for h in idxs),
+                      key=lambda h: h.idx)
+
+
+def customized_pruners() -> dict[type, tp.pruner.BasePruningFunc]:
+    """Fresh tp pruning functions for compress' own modules (fresh: they hold per-graph channel counts)."""
+    return {ChannelShuffle: ChannelShufflePruner(), ChannelPermute: ChannelPermutePruner()}
+
+
+@contextlib.contextmanager
+def traceable(model: nn.Module, pruners: Mapping[type, tp.pruner.BasePruningFunc] | None = None) -> Iterator[None]:
+    """While active, tp can trace ``model``: grad on (frozen parameters too), modes restored, shuffles as one op.
+
+    A forward hook swaps each :class:`ChannelShuffle` output for the identical ``index_select`` of its input, so
+    autograd links the shuffle directly to its producer (tp would otherwise trace the internal view/transpose)
+    and records the channel count for :class:`ChannelShufflePruner`.
+    """
+    shuffle_pruner = (pruners or {}).get(ChannelShuffle)
+
+    def hook(module: ChannelShuffle, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        shuffle_pruner.channels[module] = x.shape[1]
+        return x.index_select(1, shuffle_permutation(x.shape[1], module.groups).to(x.device))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if shuffle_pruner is not None and isinstance(m, ChannelShuffle)]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    try:
+        for p in frozen:  # tp traces autograd: a frozen layer would leave no grad_fn to trace
+            p.requires_grad_(True)
+        with torch.enable_grad(), restore_training(model):
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        for h in handles:
+            h.remove()
+
+
+def link_index_maps(graph: "tp.DependencyGraph") -> None:
+    """Add the index-mapped input<->output dependencies of every shuffle / permute module traced in ``graph``.
+
+    Only modules handled by :class:`ChannelShufflePruner` / :class:`ChannelPermutePruner` are linked; a module
+    registered with another pruner (e.g. a boundary that decouples its two sides) is left as it is.
+    """
+    for module, node in graph.module2node.items():
+        pruner = graph.get_pruner_of_module(module)
+        if isinstance(pruner, ChannelShufflePruner):
+            forward, backward = (_ShuffleIndexMapping(pruner, module, to_output=flag) for flag in (True, False))
+        elif isinstance(pruner, ChannelPermutePruner):
+            forward, backward = (_PermuteIndexMapping(module, to_output=flag) for flag in (True, False))
+        else:
+            continue
+        fwd = Dependency(pruner.prune_in_channels, pruner.prune_out_channels, source=node, target=node)
+        fwd.index_mapping[0] = forward
+        back = Dependency(pruner.prune_out_channels, pruner.prune_in_channels, source=node, target=node)
+        back.index_mapping[0] = backward
+        node.dependencies.extend([fwd, back])
+
+
+OUT_CHANNEL_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
+
+
+def out_channel_items(group: Any, names: Mapping[nn.Module, str]) -> Iterator[tuple[Any, str]]:
+    """The items of a tp group that remove output channels of a named conv / linear, with the layer's name."""
+    for item in group:
+        module = item.dep.target.module
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and item.dep.handler in OUT_CHANNEL_FNS and module in names:
+            yield item, names[module]
+
+
+class ChannelOrigins:
+    """For every conv / linear (by qualified name), the original index of each current output channel.
+
+    Analysis results are numbered in the original model; pruning renumbers channels. :meth:`record` follows
+    each pruned tp group, so ``original(name)[i]`` is the original index of current channel ``i``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.index: dict[str, torch.Tensor] = {}
+        for name, m in model.named_modules():
+            width = layer_width(m)
+            if width:
+                self.index[name] = torch.arange(width)
+        self.initial = {name: int(t.numel()) for name, t in self.index.items()}
+
+    def original(self, name: str) -> torch.Tensor:
+        """Original indices of the current channels of ``name``, shape ``(C_now,)``."""
+        return self.index[name]
+
+    def current(self, name: str, original: int) -> int | None:
+        """The current index of original channel ``original`` of ``name``, or ``None`` once it is pruned."""
+        hits = (self.index[name] == original).nonzero()
+        return int(hits[0, 0]) if hits.numel() else None
+
+    def record(self, group: Any, names: Mapping[nn.Module, str]) -> None:
+        """Update the numbering for a tp group that is about to be (or was just) pruned, given its own indices."""
+        for item, name in out_channel_items(group, names):
+            if name not in self.index:
+                continue
+            keep = torch.ones(self.index[name].numel(), dtype=torch.bool)
+            keep[list(item.idxs)] = False
+            self.index[name] = self.index[name][keep]
+
+    def copy(self) -> "ChannelOrigins":
+        new = object.__new__(ChannelOrigins)
+        new.index, new.initial = dict(self.index), dict(self.initial)
+        return new
+
+
+def prune_group(graph: "tp.DependencyGraph", group: Any) -> None:
+    """``group.prune()``, then refresh the split offsets tp 1.6 leaves stale.
+
+    tp's ``SplitPruner`` updates a split's ``split_sizes`` but writes the new offsets to itself instead of the
+    split node, and the index mapping of every later group reads the node's offsets: without this refresh a
+    second group through the same ``torch.split`` maps to the wrong channels.
+    """
+    group.prune()
+    for node in graph.module2node.values():
+        sizes = getattr(node.module, "split_sizes", None) if node.type == tp.ops.OPTYPE.SPLIT else None
+        if sizes is not None:
+            node.module.offsets = [0, *itertools.accumulate(sizes)]
+
+
+def replay_history(graph: "tp.DependencyGraph", history: list) -> None:
+    """Apply tp's pruning history (``[(root_name, is_output_pruning, idxs), ...]``) to ``graph``'s model.
+
+    tp's own ``load_pruning_history`` without the stale split offsets (see :func:`prune_group`).
+    """
+    for name, is_output, idxs in history:
+        module = graph.model.get_submodule(name)
+        pruner = graph.get_pruner_of_module(module)
+        fn = pruner.prune_out_channels if is_output else pruner.prune_in_channels
+        prune_group(graph, graph.get_pruning_group(module, fn, idxs))
+
+
+def build_graph(model: nn.Module, example_inputs: torch.Tensor, *,
+                pruners: Mapping[type, tp.pruner.BasePruningFunc] | None = None) -> "tp.DependencyGraph":
+    """tp's ``DependencyGraph`` of ``model`` with compress' modules handled (grad enabled, modes restored).
+
+    Args:
+        model: the network; not modified.
+        example_inputs: a batch for tracing, e.g. shape ``(1, C, H, W)``.
+        pruners: tp pruning functions replacing those of :func:`customized_pruners` for some module types
+            (e.g. a boundary pruner that decouples a permute's two sides to find the groups on each side).
+    """
+    pruners = {**customized_pruners(), **(pruners or {})}
+    with traceable(model, pruners):
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs, customized_pruners=pruners,
+                                                      verbose=False)
+    link_index_maps(graph)
+    return graph
