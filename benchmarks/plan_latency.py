@@ -149,7 +149,7 @@ def _finetuned_top1(model: nn.Module, teacher: nn.Module, train: Any, test: Any,
         return None
     from compress.measurement import evaluate
     from compress.measurement.timing import num_threads
-    from compress.training import DistillConfig, TrainConfig, calibrate_bn, fit
+    from compress.training import DistillConfig, Teacher, TrainConfig, calibrate_bn, fit
 
     twin = copy.deepcopy(model)
     calibrate_bn(twin, [(images,) for images in bn_batches], max_batches=len(bn_batches))
@@ -157,7 +157,7 @@ def _finetuned_top1(model: nn.Module, teacher: nn.Module, train: Any, test: Any,
         p.requires_grad_(True)
     config = TrainConfig(epochs=args.finetune_epochs, lr=0.02, warmup_epochs=0.1)
     with num_threads(args.finetune_threads):  # training is not timed: use every core
-        fit(twin, train, config=config, device="cpu", teacher=teacher, distill=DistillConfig(alpha=0.7),
+        fit(twin, train, config=config, device="cpu", teacher=Teacher(teacher, DistillConfig(alpha=0.7)),
             seed=0, verbose=args.verbose)
     return evaluate(twin.eval(), test, device="cpu", verbose=False).summary()["top1"]
 

@@ -158,7 +158,7 @@ def _run_method(s: Setup, method: str, budget: float, loader: DataLoader, args: 
                 importance: str, analysis: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Transform, (calibrate), fine-tune one variant; accuracy after each stage."""
     from compress.measurement import cost
-    from compress.training import DistillConfig, TrainConfig, calibrate_bn, fit
+    from compress.training import Teacher, TrainConfig, calibrate_bn, fit
 
     t0 = time.perf_counter()
     model, info = _transform(s, method, budget, importance=importance, analysis=analysis)
@@ -173,8 +173,8 @@ def _run_method(s: Setup, method: str, budget: float, loader: DataLoader, args: 
     config = TrainConfig(epochs=args.epochs, lr=args.lr, warmup_epochs=0.1)
     distill = method != "tp"
     t1 = time.perf_counter()
-    fit(model, loader, config=config, device="cpu", teacher=s.baseline if distill else None,
-        distill=DistillConfig(alpha=0.7) if distill else None, seed=args.seed, verbose=False)
+    fit(model, loader, config=config, device="cpu", teacher=Teacher(s.baseline) if distill else None, seed=args.seed,
+        verbose=False)
     row.update(finetune_s=round(time.perf_counter() - t1, 1), distill=distill, top1_finetuned=_top1(model, s.data.test))
     c = cost(model.eval(), s.example)
     row.update(params=c.params, macs=c.macs)

@@ -14,7 +14,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]
 
-from compress.training import DistillConfig, TrainConfig, fit  # noqa: E402
+from compress.training import DistillConfig, Teacher, TrainConfig, fit  # noqa: E402
 from compress.training import distributed as D  # noqa: E402
 from tiny_training import TinyNet, loader, make_data  # noqa: E402
 
@@ -36,7 +36,7 @@ def main(out: Path) -> None:
     # Feature distillation: the 1x1 adapter lives outside DDP and needs its own gradient all-reduce.
     teacher = TinyNet(8, bn=False).eval()
     fit(model, loader(make_data(128), batch_size=GLOBAL_BATCH), config=CONFIG, device="cpu", seed=SEED,
-        teacher=teacher, distill=DistillConfig(alpha=0.5, features=("conv2",)), verbose=False)
+        teacher=Teacher(teacher, DistillConfig(alpha=0.5, features=("conv2",))), verbose=False)
     torch.save(model.state_dict(), out / f"rank{rank}_kd.pt")
     D.destroy()
 

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]
 
-from compress.training import DistillConfig, TrainConfig, fit  # noqa: E402
+from compress.training import DistillConfig, Teacher, TrainConfig, fit  # noqa: E402
 from compress.training.evaluate import top1_accuracy  # noqa: E402
 from tiny_training import TinyNet, loader, make_data  # noqa: E402
 
@@ -43,7 +43,7 @@ def main() -> None:
                 student = TinyNet(8)
                 kd = DistillConfig(alpha=alpha, temperature=args.temperature) if alpha > 0 else None
                 fit(student, loader(small, batch_size=16), config=TrainConfig(epochs=epochs, lr=0.05), device=CPU,
-                    seed=seed, teacher=teacher if kd else None, distill=kd, verbose=False)
+                    seed=seed, teacher=Teacher(teacher, kd) if kd else None, verbose=False)
                 accs.append(top1_accuracy(student, loader(test, shuffle=False), device=CPU))
             print(f"steps {epochs * 4:4d} alpha {alpha:.2f}: " + " ".join(f"{a:.3f}" for a in accs)
                   + f"  mean {sum(accs) / len(accs):.3f}")

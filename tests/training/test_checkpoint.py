@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from compress.errors import CompressError
-from compress.training import DistillConfig, TrainConfig, fit
+from compress.training import Checkpoint, DistillConfig, Teacher, TrainConfig, fit
 from compress.training.checkpoint import load_checkpoint, rng_state, set_rng_state
 from tiny_training import TinyNet, loader, make_data
 
@@ -27,8 +27,8 @@ def _run(model, path=None, resume=False, hook=None, teacher=None, config=None):
     # 80 samples / batch 16 = 5 batches per epoch; 13 steps cross two epoch boundaries.
     config = config or TrainConfig(steps=13, lr=0.05, checkpoint_every=3, warmup_epochs=0.4)
     return fit(model, loader(make_data(80), batch_size=16), val_loader=loader(make_data(32, seed=1), shuffle=False),
-               config=config, device=CPU, checkpoint_path=path, resume=resume, seed=3, fault_hook=hook,
-               teacher=teacher, distill=DistillConfig(alpha=0.5, features=("conv2",)) if teacher else None,
+               config=config, device=CPU, checkpoint=Checkpoint(path, resume=resume) if path else None, seed=3,
+               on_step=hook, teacher=Teacher(teacher, DistillConfig(alpha=0.5, features=("conv2",))) if teacher else None,
                verbose=False)
 
 

@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from compress.config import parse
 from compress.errors import CompressError, ConfigError
-from compress.training import DistillConfig, TrainConfig, distillation_loss, feature_loss, fit
+from compress.training import DistillConfig, Teacher, TrainConfig, distillation_loss, feature_loss, fit
 from compress.training.distill import FeatureDistiller
 from compress.training.evaluate import top1_accuracy
 from tiny_training import TinyNet, loader, make_data
@@ -90,7 +90,7 @@ def test_distillation_beats_label_only_at_same_budget():
         torch.manual_seed(0)
         students[name] = TinyNet(8)
         fit(students[name], loader(small, batch_size=16), config=config, device=CPU, seed=0, verbose=False,
-            teacher=teacher if kd else None, distill=kd)
+            teacher=Teacher(teacher, kd) if kd else None)
     acc = {k: top1_accuracy(m, loader(test, shuffle=False), device=CPU) for k, m in students.items()}
     print(f"teacher {teacher_acc:.3f} label-only {acc['label']:.3f} distilled {acc['kd']:.3f}")
     assert acc["kd"] >= acc["label"], acc

@@ -10,7 +10,7 @@ import torch
 
 from compress.config import parse
 from compress.errors import CompressError, ConfigError
-from compress.training import TrainConfig, fit
+from compress.training import Checkpoint, TrainConfig, fit
 from compress.training.evaluate import top1_accuracy
 from tiny_training import TinyNet, loader, make_data
 
@@ -100,7 +100,7 @@ def test_nonfinite_loss_names_step_and_layer_and_keeps_last_checkpoint(tmp_path)
                 model.conv2.weight[0, 0, 0, 0] = float("inf")
 
     with pytest.raises(CompressError, match=r"step 4 .*'conv2.weight'"):
-        _fit(model, data, config=TrainConfig(epochs=4, checkpoint_every=2), checkpoint_path=path, fault_hook=poison)
+        _fit(model, data, config=TrainConfig(epochs=4, checkpoint_every=2), checkpoint=Checkpoint(path), on_step=poison)
     saved = torch.load(path, weights_only=True)
     assert saved["position"]["step"] == 2 and torch.isfinite(saved["model"]["conv2.weight"]).all()
 
@@ -126,7 +126,7 @@ def test_sigint_writes_checkpoint_then_raises_keyboard_interrupt(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)  # handled by fit: flag now, checkpoint after the next step
 
     with pytest.raises(KeyboardInterrupt):
-        _fit(TinyNet(4), data, config=TrainConfig(epochs=5), checkpoint_path=path, fault_hook=interrupt)
+        _fit(TinyNet(4), data, config=TrainConfig(epochs=5), checkpoint=Checkpoint(path), on_step=interrupt)
     assert torch.load(path, weights_only=True)["position"]["step"] == 4
     assert signal.getsignal(signal.SIGINT) is previous
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from compress.training import DistillConfig, TrainConfig, calibrate_bn, fit
+from compress.training import Checkpoint, DistillConfig, Teacher, TrainConfig, calibrate_bn, fit
 from compress.training.evaluate import top1_accuracy
 from tiny_training import TinyNet, loader, make_data
 
@@ -24,7 +24,7 @@ def test_amp_channels_last_distillation_learns_on_gpu():
     fit(teacher, loader(train), config=TrainConfig(epochs=10), device=GPU, verbose=False)
     student = TinyNet(8)
     hist = fit(student, loader(train), val_loader=loader(test, shuffle=False), config=TrainConfig(epochs=10),
-               device=GPU, teacher=teacher, distill=DistillConfig(alpha=0.7, features=("conv2",)), verbose=False)
+               device=GPU, teacher=Teacher(teacher, DistillConfig(alpha=0.7, features=("conv2",))), verbose=False)
     assert all(torch.isfinite(torch.tensor(hist.step_loss)))
     assert top1_accuracy(student, loader(test, shuffle=False), device=GPU, amp=True) > 0.8
     assert student.conv2.weight.is_cuda and student.conv2.weight.is_contiguous()  # channels-last undone
@@ -49,8 +49,8 @@ def test_resume_is_bit_identical_on_gpu(tmp_path, monkeypatch):
             raise Killed
 
     with pytest.raises(Killed):
-        run(b, checkpoint_path=path, fault_hook=kill)
-    run(b, checkpoint_path=path, resume=True)
+        run(b, checkpoint=Checkpoint(path), on_step=kill)
+    run(b, checkpoint=Checkpoint(path, resume=True))
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
 
