@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ...modes import restore_training
+from .budget import protected
 from .tp_compat import ChannelOrigins, build_graph, out_channel_items, prune_group
 
 __all__ = ["DeadRemoval", "DeadSkip", "DeadReport", "remove_dead_channels", "relative_error", "model_outputs"]
@@ -243,7 +244,8 @@ def _prune_plan(model: nn.Module, graph: Any, plan: _Plan, origins: ChannelOrigi
     # earlier plans on the same layer renumbered its channels: look the root channels up by original index
     group = graph.get_pruning_group(root, fn, [origins.current(plan.layer, o) for o in sorted(plan.dead)])
     origins.record(group, names)
-    prune_group(graph, group)
+    with protected():  # a time budget (see .budget) must not stop it half-way
+        prune_group(graph, group)
 
 
 class _Remover:

@@ -19,7 +19,7 @@ import torch
 from ...config import Config, check
 from ...recipe.registry import register_step
 from .layer_roles import unknown_layers
-from .pruner import prune
+from .pruner import TIME_BUDGET_S, prune
 
 __all__ = ["PruneStep", "prune_step"]
 
@@ -42,6 +42,8 @@ class PruneStep(Config):
         max_steps: most iterative steps towards ``macs_target``.
         calib_batches: calibration batches used for ``taylor`` and to verify dead-channel folds; as many batches
             of the val split (held out from the analysis) measure the removal's error on new inputs.
+        time_budget_s: wall-clock budget of the step in seconds (null: unlimited); on expiry the step fails naming
+            the layer torch-pruning was working on.
     """
 
     ratio: float | None = None
@@ -54,6 +56,7 @@ class PruneStep(Config):
     dead_tol: float = 1e-4
     max_steps: int = 10
     calib_batches: int = 4
+    time_budget_s: float | None = TIME_BUDGET_S
 
     def validate(self) -> None:
         check(self.ratio is None or 0.0 < self.ratio < 1.0, "ratio", "a channel ratio in (0, 1) or null", self.ratio)
@@ -69,6 +72,8 @@ class PruneStep(Config):
         check(self.dead_tol >= 0.0, "dead_tol", "a number >= 0", self.dead_tol)
         check(self.max_steps >= 1, "max_steps", "an integer >= 1", self.max_steps)
         check(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)
+        check(self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s", "a number of seconds > 0 or null",
+              self.time_budget_s)
 
 
 def _calibration(ctx: Any, batches: int, split: str = "calib") -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -86,7 +91,7 @@ def prune_step(ctx: Any, cfg: PruneStep) -> dict:
                    importance=cfg.importance, analysis=ctx.analysis, calib=calib or None,
                    remove_dead=cfg.remove_dead, dead_tol=cfg.dead_tol, round_to=cfg.round_to,
                    ignored_layers=cfg.ignored_layers, per_layer=cfg.per_layer, max_steps=cfg.max_steps,
-                   held_out=_calibration(ctx, cfg.calib_batches, "val") or None)
+                   held_out=_calibration(ctx, cfg.calib_batches, "val") or None, time_budget_s=cfg.time_budget_s)
     details = result.to_dict()
     details["unknown_layers"] = unknown_layers(ctx.model)
     if result.channels_after != result.channels_before and ctx.analysis is not None:
