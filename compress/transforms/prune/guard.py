@@ -33,14 +33,11 @@ from torch_pruning.dependency import Group
 from .budget import protected
 from .dead import model_outputs
 from .tp_compat import prune_group
-from .where import locate, module_names, traceback_frames
+from .where import describe_error, module_names
 
 __all__ = ["SkippedGroup", "Snapshot", "GroupGuard"]
 
 LOG = logging.getLogger(__name__)
-
-_MAX_REASON = 300  # characters of an exception message kept in a reason
-
 
 @dataclass(frozen=True)
 class SkippedGroup:
@@ -135,14 +132,6 @@ def _group_objects(graph: tp.DependencyGraph, group: Group) -> list[Any]:
     return objects
 
 
-def _describe(err: BaseException, names: dict[int, str]) -> str:
-    where = locate(traceback_frames(err.__traceback__), names)
-    message = str(err).replace("\n", " ")
-    if len(message) > _MAX_REASON:
-        message = message[:_MAX_REASON] + "..."
-    return f"{type(err).__name__}: {message}" + (f" ({where.describe()})" if where is not None else "")
-
-
 class GroupGuard:
     """Prunes torch-pruning groups of ``model`` one at a time, rolling back and skipping the ones that fail.
 
@@ -178,7 +167,7 @@ class GroupGuard:
         try:
             out = self._output(self.model)
         except Exception as err:
-            return f"the pruned model fails: {_describe(err, self.names)}"
+            return f"the pruned model fails: {describe_error(err, self.names)}"
         if tuple(out.shape) != tuple(self._expected.shape):
             return f"the pruned model's output has shape {tuple(out.shape)}, expected {tuple(self._expected.shape)}"
         if not bool(torch.isfinite(out).all()):
@@ -200,7 +189,7 @@ class GroupGuard:
             prune_group(graph, group)
             problem = self._problem() if self.check else None
         except Exception as err:
-            problem = f"torch-pruning raised {_describe(err, self.names)}"
+            problem = f"torch-pruning raised {describe_error(err, self.names)}"
         except BaseException:
             snapshot.restore()
             raise
@@ -223,7 +212,8 @@ class GroupGuard:
             try:
                 return get_group(module, pruning_fn, idxs)
             except Exception as err:
-                self._skip(self._root(module), f"torch-pruning could not build the group: {_describe(err, self.names)}")
+                self._skip(self._root(module),
+                           f"torch-pruning could not build the group: {describe_error(err, self.names)}")
                 empty = Group()
                 empty._DG = graph
                 return empty
@@ -235,7 +225,7 @@ class GroupGuard:
                 return estimate(group)
             except Exception as err:
                 self._skip(self._root(group[0].dep.target.module),
-                           f"importance estimation raised {_describe(err, self.names)}")
+                           f"importance estimation raised {describe_error(err, self.names)}")
                 return None
 
         graph.get_pruning_group = get_pruning_group

@@ -22,10 +22,11 @@ from torch_pruning.dependency import Dependency, Node
 
 from ...errors import CompressError
 
-__all__ = ["Location", "locate", "thread_frames", "traceback_frames", "module_names", "tp_errors"]
+__all__ = ["Location", "locate", "thread_frames", "traceback_frames", "module_names", "describe_error", "tp_errors"]
 
 _MAX_MODULES = 3  # distinct layers a location names (innermost first)
 _MAX_HOPS = 4  # how far from a functional op's node to look for a named producer
+_MAX_MESSAGE = 300  # characters of an exception message kept by describe_error
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,14 @@ class Location:
     """Where code was: the innermost frame, and the model's layers found in the frames' locals.
 
     Attributes:
-        function / file / line: the innermost frame (``file`` shortened to the part after ``site-packages/``).
+        function / file / line: the innermost frame (``file`` shortened to the part after ``site-packages/``;
+            ``line`` is ``None`` when a running frame reports none).
         modules: qualified names of the model's layers, innermost frame first (at most three, no duplicates).
     """
 
     function: str
     file: str
-    line: int
+    line: int | None
     modules: tuple[str, ...] = ()
 
     @property
@@ -49,7 +51,7 @@ class Location:
 
     def describe(self) -> str:
         """``"at module 'a' in fn (file:line), outer frames on 'b', 'c'"`` (just the frame when no layer was found)."""
-        frame = f"{self.function} ({self.file}:{self.line})"
+        frame = f"{self.function} ({self.file}" + (f":{self.line})" if self.line is not None else ")")
         if not self.modules:
             return f"in {frame}"
         outer = f", outer frames on {', '.join(repr(m) for m in self.modules[1:])}" if len(self.modules) > 1 else ""
@@ -124,6 +126,19 @@ def locate(frames: list[FrameType], names: Mapping[int, str]) -> Location | None
             break
     inner = frames[0]
     return Location(inner.f_code.co_name, _short(inner.f_code.co_filename), inner.f_lineno, tuple(found))
+
+
+def describe_error(err: BaseException, names: Mapping[int, str]) -> str:
+    """``"IndexError: message (at module 'a' in fn (file:line))"`` on one line, the message cut to 300 characters.
+
+    Args:
+        names: from :func:`module_names`.
+    """
+    where = locate(traceback_frames(err.__traceback__), names)
+    message = str(err).replace("\n", " ")
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + "..."
+    return f"{type(err).__name__}: {message}" + (f" ({where.describe()})" if where is not None else "")
 
 
 @contextlib.contextmanager

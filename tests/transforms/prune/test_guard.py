@@ -227,3 +227,15 @@ def test_other_exceptions_roll_back_and_propagate(monkeypatch):
         guard.prune(graph, _out_group(graph, model.stem, [0, 1]))
     _assert_identical(model, ref)
     assert guard.skipped == []
+
+
+def test_an_unreachable_macs_target_states_the_shortfall_and_the_skipped_groups():
+    model = _randomise(MixNet())
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.warns(UserWarning, match=r"MACs target 0.2 not reached \(0\.\d+ of the original, 0\.\d+ short, "
+                                         r"after \d+ steps, 2 groups skipped\)"):
+        result = prune(model, x, macs_target=0.2)  # the stem (~30% of the MACs) cannot shrink: its group is skipped
+    assert result.target_met is False
+    assert result.shortfall == pytest.approx(result.macs_fraction - 0.2, abs=1e-6) and result.shortfall > 0
+    assert sorted(s.root for s in result.skipped) == ["mix.convs.0", "mix.convs.1"]
+    assert result.to_dict()["shortfall"] == result.shortfall

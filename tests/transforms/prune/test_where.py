@@ -17,8 +17,9 @@ class Faulty(nn.Module):
 
 def test_a_failure_while_tracing_names_the_layer_keeps_the_message_and_leaves_no_hooks():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), Faulty()))
-    with pytest.raises(CompressError, match=r"^building torch-pruning's dependency graph failed at module '1\.1' in "
-                                            r"forward .*: ValueError: planted tracing failure; torch-pruning 1.6") as info:
+    with pytest.raises(CompressError, match=r"^building torch-pruning's dependency graph failed at module '1\.1' "
+                                            r"in forward .*: ValueError: planted tracing failure; torch-pruning 1.6"
+                       ) as info:
         build_graph(model, torch.randn(1, 3, 8, 8))
     assert isinstance(info.value.__cause__, ValueError)
     assert all(not m._forward_hooks for m in model.modules())
