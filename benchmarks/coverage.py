@@ -1,27 +1,36 @@
 """Coverage: does every torchvision classification model survive analyze, prune and each rewrite kind?
 
 For each model of ``torchvision.models.list_models(module=torchvision.models)`` (random weights, 10 classes),
-a fresh subprocess with a time limit (a hang or crash costs one row, not the sweep):
+and with ``--timm`` one timm convnet per family (:func:`timm_picks`, a seeded rule), a fresh subprocess with a
+time limit (a hang or crash costs one row, not the sweep):
 
 1. ``analyze`` on one batch of 2 images (64 px; 224 px where the model needs it: ViT / Swin / MaxViT);
-2. ``prune`` a copy at channel ratio 0.3 (l2 importance, with the analysis), then a forward check;
-3. each rewrite kind on its own fresh copy — grouped (2 groups), separable (T=2), shuffle (2 groups), dilated
+2. ``prune`` a copy at channel ratio 0.3 (l2 importance, with the analysis), then a forward check; the row
+   keeps the MACs reached and the groups the guard skipped (torch-pruning failed on them);
+3. ``onnx``: the pruned copy exported to ONNX, run with onnxruntime, compared with eager PyTorch;
+4. each rewrite kind on its own fresh copy — grouped (2 groups), separable (T=2), shuffle (2 groups), dilated
    (default dilation, only K >= 5 convs are eligible), bottleneck (rank ratio 0.5) — then a forward check
-   (``--layers N``: only the N smallest eligible convs of each kind).
+   (``--layers N``: only the N smallest eligible convs of each kind; ``--no-rewrites``: none);
+5. ``tp_alone``: torch-pruning 1.6 by itself (``BasePruner``, L2 magnitude, ratio 0.3, the classifier
+   ignored), then a forward check: what compress' guard adds. Last, since tp may hang (the child's timeout).
 
 A forward check passes when the output has shape ``(2, 10)`` and is finite. A kind with no eligible conv is
 ``n/a``. Models estimated to need more than ``--memory-gib`` are skipped and named.
 
     python benchmarks/coverage.py --quick        # 11 representative models
     python benchmarks/coverage.py                # every torchvision classification model
+    python benchmarks/coverage.py --models resnet18 timm:mixnet_s --no-rewrites --out coverage_tp.json
 
-Writes ``benchmarks/results/coverage.json`` and prints one JSON line (the same data) last.
+Writes ``benchmarks/results/coverage.json`` (``--out``) and ``coverage.md`` next to it (analyze, prune, ONNX,
+torch-pruning alone), and prints one JSON line (the same data) last.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
+import random
 import sys
 import time
 import traceback
@@ -32,12 +41,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, command_line, context, ensure_path, run_isolated  # noqa: E402
+from common import RESULTS, command_line, context, ensure_path, fmt, run_isolated  # noqa: E402
 
 ensure_path()
 from compress.transforms.rewrite.registry import config_for_kind, kinds  # noqa: E402
 
-__all__ = ["QUICK", "KINDS", "model_kwargs", "input_size", "estimated_gib", "check_model", "main"]
+__all__ = ["QUICK", "KINDS", "TIMM_SEED", "timm_picks", "build", "model_kwargs", "input_size", "estimated_gib",
+           "check_model", "markdown", "main"]
 
 QUICK = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x0_5",
          "squeezenet1_0", "densenet121", "convnext_tiny", "googlenet", "vgg11_bn"]
@@ -48,12 +58,60 @@ PEAK_FACTOR = 6  # original + pruned/rewritten copy + tp's graph and counting co
 RATIO = 0.3
 MIN_CHANNELS = 16  # the rewrite applier's default
 TRIES = 3  # --layers N: batches of the N smallest eligible convs tried until one is rewritten
+TIMM = "timm:"  # model-name prefix: a timm model instead of a torchvision one
+TIMM_SEED = 19
+# timm families that are not convnets (attention / MLP / hybrids), left out of --timm by name prefix
+NOT_CONVNETS = ("beit", "botnet", "cait", "coat", "convit", "convmixer", "crossvit", "davit", "deit", "efficientformer",
+                "efficientvit", "eva", "fastvit", "flexivit", "focalnet", "gcvit", "halonet", "hgnet", "hiera",
+                "levit", "maxvit", "maxxvit", "mixer", "mobilevit", "mvit", "nest", "pit", "pvt", "resmlp",
+                "sebotnet", "sequencer", "swin", "tiny_vit", "tnt", "twins", "vit", "volo", "vovnet", "xcit", "gmlp",
+                "lambda", "coatnet", "lamhalo", "haloregnet", "cvt", "samvit", "aimv2", "naflex", "mambaout",
+                "rdnet", "starnet", "fasternet", "shvit", "csatv2", "test_", "caformer", "convformer", "deepseek",
+                "gemma", "qwen", "efficientvim", "gmixer", "iformer", "lowformer", "nextvit", "poolformer",
+                "swiftformer", "visformer", "sam2", "halo2botnet", "sehalonet")
+ONNX_RTOL = 1e-3  # relative max error of onnxruntime vs eager accepted as a match
 
 
 def model_kwargs(name: str) -> dict[str, Any]:
     """Builder arguments: random weights, 10 classes, no auxiliary heads."""
     extra = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
     return {"weights": None, "num_classes": 10, **extra}
+
+
+def timm_family(name: str) -> str:
+    """A timm model's family: its name up to the first digit or ``_`` (``mixnet_s`` -> ``mixnet``)."""
+    out = []
+    for ch in name:
+        if ch.isdigit() or ch == "_":
+            break
+        out.append(ch)
+    return "".join(out) or name
+
+
+def timm_picks(seed: int = TIMM_SEED) -> list[str]:
+    """One timm convnet per family: ``random.Random(seed).choice`` over each family's sorted names.
+
+    Families in :data:`NOT_CONVNETS` (by prefix) are left out; names come back prefixed with ``timm:``.
+    """
+    import timm
+
+    families: dict[str, list[str]] = {}
+    for name in timm.list_models():
+        if not name.startswith(NOT_CONVNETS):
+            families.setdefault(timm_family(name), []).append(name)
+    rng = random.Random(seed)
+    return [TIMM + rng.choice(sorted(names)) for _, names in sorted(families.items())]
+
+
+def build(name: str) -> nn.Module:
+    """The model for a row name (``timm:`` prefix: timm, else torchvision), random weights, 10 classes, eval."""
+    if name.startswith(TIMM):
+        import timm
+
+        return timm.create_model(name[len(TIMM):], pretrained=False, num_classes=10).eval()
+    import torchvision
+
+    return torchvision.models.get_model(name, **model_kwargs(name)).eval()
 
 
 def input_size(name: str, default: int = 64) -> int:
@@ -65,13 +123,11 @@ def input_size(name: str, default: int = 64) -> int:
 
 def estimated_gib(name: str) -> float:
     """Peak memory estimate from the parameter count (counted on the meta device when the builder allows)."""
-    import torchvision
-
     try:
         with torch.device("meta"):
-            model = torchvision.models.get_model(name, **model_kwargs(name))
+            model = build(name)
     except (NotImplementedError, RuntimeError):  # builders that compute widths from tensor data
-        model = torchvision.models.get_model(name, **model_kwargs(name))
+        model = build(name)
     return PEAK_FACTOR * 4 * sum(p.numel() for p in model.parameters()) / 2**30
 
 
@@ -95,14 +151,51 @@ def _attempt(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def _prune(model: nn.Module, x: torch.Tensor, analysis: Any) -> dict[str, Any]:
+def _prune(model: nn.Module, x: torch.Tensor, analysis: Any, holder: dict[str, Any]) -> dict[str, Any]:
     from compress.transforms.prune.pruner import prune
 
     twin = copy.deepcopy(model)
     result = prune(twin, x[:1], ratio=RATIO, importance="l2", analysis=analysis)
     _forward_ok(twin, x)
+    holder["pruned"] = twin
+    mib = result.peak_increase_bytes / 2**20 if result.peak_increase_bytes is not None else None
     return {"macs_before": result.macs_before, "macs_after": result.macs_after, "dead_channels_removed":
-            result.dead.channels_removed}
+            result.dead.channels_removed, "skipped_groups": len(result.skipped),
+            "skipped": [f"{s.root}: {s.reason[:120]}" for s in result.skipped[:3]],
+            "prune_seconds": result.seconds, "peak_increase_mib": round(mib, 1) if mib is not None else None}
+
+
+def _onnx(model: nn.Module | None, x: torch.Tensor) -> dict[str, Any]:
+    """Export ``model`` (the pruned copy) to ONNX, run it with onnxruntime and compare with eager PyTorch."""
+    import onnxruntime
+
+    if model is None:
+        raise RuntimeError("no pruned model (the prune stage failed)")
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x[:1],), buffer)
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0])
+    with torch.no_grad():
+        want = model(x[:1])
+    error = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-12)
+    if not error <= ONNX_RTOL:
+        raise RuntimeError(f"onnxruntime differs from eager: relative max error {error:.2e} > {ONNX_RTOL:g}")
+    return {"bytes": len(buffer.getvalue()), "relative_error": float(f"{error:.2e}")}
+
+
+def _tp_alone(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """torch-pruning by itself at the same ratio (the classifier, any layer with 10 outputs, ignored)."""
+    import torch_pruning as tp
+
+    twin = copy.deepcopy(model)
+    heads = [m for m in twin.modules() if getattr(m, "out_features", getattr(m, "out_channels", 0)) == 10]
+    macs0, _ = tp.utils.count_ops_and_params(twin, x[:1])
+    pruner = tp.pruner.BasePruner(twin, x[:1], importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=RATIO, ignored_layers=heads)
+    pruner.step()
+    _forward_ok(twin, x)
+    macs1, _ = tp.utils.count_ops_and_params(twin, x[:1])
+    return {"macs_fraction": round(macs1 / macs0, 4)}
 
 
 def _eligible(model: nn.Module, kind: str) -> list[str]:
@@ -147,19 +240,18 @@ def _rewrite(model: nn.Module, x: torch.Tensor, kind: str, analysis: Any, limit:
     return {"rewritten": 0, "declined": declined[:3]}
 
 
-def check_model(name: str, size: int, *, limit: int | None = None) -> dict[str, Any]:
-    """Analyze, prune and rewrite one model in this process; one row of results.
+def check_model(name: str, size: int, *, limit: int | None = None, rewrites: bool = True) -> dict[str, Any]:
+    """Analyze, prune, export and rewrite one model in this process, then prune it with torch-pruning alone; one
+    row of results.
 
     Each stage's result is also printed as a JSON line as soon as it is known, so a parent that kills a hung
     child still has the stages that finished. ``limit``: rewrite only ``limit`` eligible convs per kind, the
-    smallest (see :func:`_batches`).
+    smallest (see :func:`_batches`); ``rewrites=False``: no rewrite stages.
     """
-    import torchvision
-
     from compress.analysis import analyze
 
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, **model_kwargs(name)).eval()
+    model = build(name)
     x = torch.randn(2, 3, size, size)
     row: dict[str, Any] = {"name": name, "input": size}
     holder: dict[str, Any] = {}
@@ -169,8 +261,11 @@ def check_model(name: str, size: int, *, limit: int | None = None) -> dict[str, 
         return {"layers": len(holder["analysis"].layers)}
 
     stages: dict[str, Callable[[], dict[str, Any]]] = {
-        "analyze": run_analysis, "prune": lambda: _prune(model, x, holder.get("analysis")),
-        **{kind: (lambda kind=kind: _rewrite(model, x, kind, holder.get("analysis"), limit)) for kind in KINDS}}
+        "analyze": run_analysis, "prune": lambda: _prune(model, x, holder.get("analysis"), holder),
+        "onnx": lambda: _onnx(holder.pop("pruned", None), x),
+        **{kind: (lambda kind=kind: _rewrite(model, x, kind, holder.get("analysis"), limit))
+           for kind in (KINDS if rewrites else ())},
+        "tp_alone": lambda: _tp_alone(model, x)}
     for stage, fn in stages.items():
         row[stage] = _attempt(fn)
         print(json.dumps({"partial": stage, **row}), flush=True)
@@ -188,10 +283,11 @@ def _sweep(names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
             continue
         size = input_size(name, args.size)
         child = [__file__, "--child", name, "--size", str(size), "--threads", str(args.threads)]
-        done = run_isolated(child + (["--layers", str(args.layers)] if args.layers else []), timeout=args.timeout)
+        child += (["--layers", str(args.layers)] if args.layers else []) + ([] if args.rewrites else ["--no-rewrites"])
+        done = run_isolated(child, timeout=args.timeout)
         if done.data is not None:  # complete row, or the stages finished before a timeout / crash
             row = {k: v for k, v in done.data.items() if k != "partial"}
-            for stage in ("analyze", "prune", *KINDS):
+            for stage in _stages(args.rewrites):
                 row.setdefault(stage, {"status": done.status if done.status != "ok" else "missing"})
             rows.append({**row, "status": "ran" if done.status == "ok" else done.status,
                          "seconds": round(done.seconds, 1)})
@@ -201,10 +297,56 @@ def _sweep(names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _stages(rewrites: bool) -> tuple[str, ...]:
+    return ("analyze", "prune", "onnx", *(KINDS if rewrites else ()), "tp_alone")
+
+
+def _md_cell(stage: dict[str, Any] | None) -> str:
+    if not stage:
+        return "—"
+    if stage.get("status") != "ok":
+        return f"**{stage.get('error', stage.get('status'))}**".replace("|", "/")
+    if "macs_before" in stage:
+        skipped = stage.get("skipped_groups")
+        return f"ok ({stage['macs_after'] / stage['macs_before']:.2f} MACs, {skipped} groups skipped)"
+    if "macs_fraction" in stage:
+        return f"ok ({stage['macs_fraction']:.2f} MACs)"
+    if "relative_error" in stage:
+        return f"ok (err {stage['relative_error']:.0e})"
+    return "ok"
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The coverage table (analyze, prune, ONNX, torch-pruning alone) and every failure, as Markdown."""
+    from common import context_lines, md_table
+
+    lines = ["# Coverage: analyze, guarded prune, ONNX export, torch-pruning alone", ""]
+    lines += context_lines(out, seconds=out.get("seconds"))
+    lines += [f"- prune at channel ratio {out['ratio']} (l2); `n groups skipped` = groups torch-pruning failed on "
+              "(rolled back by compress' guard); onnx = the pruned model through onnxruntime vs eager; "
+              "tp alone = torch-pruning's BasePruner at the same ratio; each model in its own subprocess "
+              f"(timeout {out['timeout_s']:g} s).", ""]
+    rows, notes = [], []
+    for r in out["rows"]:
+        if r.get("status", "").startswith("skipped"):
+            notes.append(f"- {r['name']}: {r['status']}")
+            continue
+        rows.append([r["name"], r.get("input", ""), *(_md_cell(r.get(s)) for s in ("analyze", "prune", "onnx",
+                                                                                     "tp_alone")),
+                     fmt(r.get("seconds"), ".0f")])
+        for root_reason in (r.get("prune") or {}).get("skipped", []):
+            notes.append(f"- {r['name']} / skipped group {root_reason}")
+    lines += [md_table(["model", "px", "analyze", "prune 0.3", "onnx", "tp alone", "s"], rows), ""]
+    return "\n".join(lines + (["Notes (first skipped groups per model, skipped models):", "", *notes, ""] if notes
+                              else []))
+
+
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
-    p.add_argument("--models", nargs="+", help="model names (overrides --quick)")
+    p.add_argument("--models", nargs="+", help="model names, timm ones prefixed 'timm:' (overrides --quick)")
+    p.add_argument("--timm", action="store_true", help=f"add one timm convnet per family (seed {TIMM_SEED})")
+    p.add_argument("--no-rewrites", dest="rewrites", action="store_false", help="skip the rewrite stages")
     p.add_argument("--size", type=int, default=64, help="input px (224 for ViT/Swin/MaxViT regardless)")
     p.add_argument("--memory-gib", type=float, default=24.0, help="skip models estimated to need more")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it counts as hung")
@@ -230,9 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     if args.child:
         torch.set_num_threads(args.threads)
-        print(json.dumps(check_model(args.child, args.size, limit=args.layers)))
+        print(json.dumps(check_model(args.child, args.size, limit=args.layers, rewrites=args.rewrites)))
         return 0
     names = args.models or (QUICK if args.quick else torchvision.models.list_models(module=torchvision.models))
+    names = list(names) + (timm_picks() if args.timm else [])
     out = {"section": "coverage", "quick": args.quick and not args.models,
            **context(command_line("benchmarks/coverage.py", argv)), "ratio": RATIO, "kinds": KINDS,
            "timeout_s": args.timeout, "memory_gib": args.memory_gib, "layers_per_kind": args.layers or "all"}
@@ -240,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     out["rows"] = _sweep(names, args)
     out["seconds"] = round(time.perf_counter() - began, 1)
     atomic_write_json(Path(args.out), out)
+    Path(args.out).with_name("coverage.md").write_text(markdown(out))
     print(json.dumps(out))
     return 0
 

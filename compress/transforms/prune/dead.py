@@ -25,8 +25,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ...modes import evaluating
+from .budget import protected
 from .layer_roles import layer_width
 from .tp_compat import ChannelOrigins, build_graph, out_channel_items, prune_group
+from .where import describe_error, module_names
 
 __all__ = ["DeadRemoval", "DeadSkip", "DeadReport", "remove_dead_channels", "relative_error", "model_outputs"]
 
@@ -239,7 +241,8 @@ def _prune_plan(model: nn.Module, graph: Any, plan: _Plan, origins: ChannelOrigi
     # earlier plans on the same layer renumbered its channels: look the root channels up by original index
     group = graph.get_pruning_group(root, fn, [origins.current(plan.layer, o) for o in sorted(plan.dead)])
     origins.record(group, names)
-    prune_group(graph, group)
+    with protected():  # a time budget (see .budget) must not stop it half-way
+        prune_group(graph, group)
 
 
 class _Remover:
@@ -250,6 +253,7 @@ class _Remover:
         self.model, self.example_inputs, self.batches = model, example_inputs, list(batches)
         self.origins, self.ignored, self.tol, self.verbose = origins, set(ignored), tol, verbose
         self.names = {m: n for n, m in model.named_modules()}
+        self._ids = module_names(model)
         self.graph = build_graph(model, example_inputs)
         self.reference = model_outputs(model, self.batches)
         self.report = DeadReport()
@@ -305,8 +309,11 @@ class _Remover:
     def _plan_one(self, layer: str, dead: dict[int, Any], stats: dict, report: bool) -> _Plan | None:
         module = self.model.get_submodule(layer)
         fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
-        group = self.graph.get_pruning_group(module, fn, [self.origins.current(layer, o) for o in sorted(dead)])
-        folds, reason = _plan_group(group, self.graph, stats, self.names, self.ignored)
+        try:
+            group = self.graph.get_pruning_group(module, fn, [self.origins.current(layer, o) for o in sorted(dead)])
+            folds, reason = _plan_group(group, self.graph, stats, self.names, self.ignored)
+        except Exception as err:  # tp maps some groups' channels out of range (split / concat blocks): skip it
+            folds, reason = [], f"torch-pruning failed on its group: {describe_error(err, self._ids)}"
         if reason:
             if report:
                 self.report.skipped.append(DeadSkip(layer, sorted(dead), reason))

@@ -289,3 +289,24 @@ def test_outputs_of_a_grouped_conv_are_not_removed():
     assert model.conv2.out_channels == 16 and report.channels_removed == 0
     assert any("groups of grouped conv conv2" in s.reason for s in report.skipped)
     assert torch.isfinite(model(x)).all()
+
+
+def test_a_group_torch_pruning_fails_on_is_skipped_with_the_reason(monkeypatch):
+    import torch_pruning as tp
+
+    model = _randomize_bn(SmallNet())
+    _plant(model.bn1, [2], -1.0)
+    _plant(model.bn3, [5], 0.3)
+    get_group = tp.DependencyGraph.get_pruning_group
+
+    def failing(self, module, fn, idxs):  # like tp on Res2Net's split groups: indices out of range
+        if module is model.conv1:
+            raise IndexError("planted: index 17 is out of bounds for dimension 0 with size 14")
+        return get_group(self, module, fn, idxs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", failing)
+    report = remove_dead_channels(model, torch.randn(1, 3, 16, 16), FakeAnalysis(
+        {"conv1": {2: _const(0.0)}, "conv3": {5: _const(0.3)}}), probe=[torch.randn(4, 3, 16, 16)])
+    assert [(s.layer, s.channels) for s in report.skipped] == [("conv1", [2])]
+    assert "torch-pruning failed on its group: IndexError: planted" in report.skipped[0].reason
+    assert model.conv1.out_channels == 16 and model.conv3.out_channels == 15  # the other channel is removed

@@ -189,3 +189,30 @@ def test_replayed_history_reproduces_the_pruning():
     replay_history(build_graph(twin, x), graph.pruning_history())
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
     assert origins.original("features.2.conv.0.0").tolist() == [0, 2, 3] + list(range(5, 96))
+
+
+def test_split_outputs_map_to_the_consumer_of_each_part():
+    class SplitTwo(nn.Module):
+        """c1 -> BN -> ReLU -> split -> a(first part), b(second part) -> cat; tp traces b before a."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+            self.a, self.b = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            x = torch.relu(self.bn(self.c1(x)))
+            x1, x2 = torch.split(x, [self.a.in_channels, x.shape[1] - self.a.in_channels], dim=1)
+            return torch.cat((self.a(x1), self.b(x2)), dim=1)
+
+    x = torch.randn(2, 3, 8, 8)
+    for dead in ([0], [9], [0, 9, 10]):
+        model = SplitTwo().eval()
+        model.bn.weight.data[dead], model.bn.bias.data[dead] = 0.0, -1.0  # exactly 0 after the ReLU
+        with torch.no_grad():
+            ref = model(x)
+        graph = build_graph(model, x[:1])
+        prune_group(graph, graph.get_pruning_group(model.c1, tp.prune_conv_out_channels, dead))
+        assert model.a.in_channels == 8 - sum(c < 8 for c in dead)
+        with torch.no_grad():
+            assert torch.equal(model(x), ref)  # removing zero channels (and the weights reading them) is exact

@@ -47,6 +47,8 @@ def test_step_is_registered():
     ({"ratio": 0.3, "per_layer": {"conv*": 1.2}}, "per_layer.conv*"),
     ({"ratio": 0.3, "round_to": 0}, "round_to"),
     ({"ratio": 0.3, "calib_batches": 0}, "calib_batches"),
+    ({"ratio": 0.3, "time_budget_s": 0}, "time_budget_s"),
+    ({"ratio": 0.3, "time_budget_s": -5.0}, "time_budget_s"),
     ({"ratio": 0.3, "bogus": 1}, "bogus"),
 ])
 def test_bad_config_names_the_field(data, field):

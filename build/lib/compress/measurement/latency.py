@@ -9,6 +9,7 @@ batch).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from .layer_latency import LayerLatency, layer_latency
 from .timing import (MIN_RUNS, Stats, as_dtype, cudnn_benchmark, dtype_name, make_batch, num_threads, prepare,
                      resolve_device, time_call)
 
-__all__ = ["LatencySettings", "LatencyResult", "RuntimeKey", "RuntimeTiming", "Comparison", "latency",
+__all__ = ["TimingOptions", "LatencySettings", "LatencyResult", "RuntimeKey", "RuntimeTiming", "Comparison", "latency",
            "compare_latency", "verdict"]
 
 LOG = logging.getLogger(__name__)
@@ -75,13 +76,10 @@ class LatencyResult:
 
 def _settings(device: torch.device, dtype: torch.dtype, channels_last: bool, compile: bool, warmup: int | None,
               runs: int, fold_bn: bool) -> LatencySettings:
-    if runs < MIN_RUNS:
-        raise CompressError(f"latency runs: expected at least {MIN_RUNS}, got {runs}")
+    """The settings record (``runs`` / ``warmup`` already validated by :class:`TimingOptions`)."""
     if warmup is None:
         # cuDNN autotuning and torch.compile need several calls before times settle
         warmup = (10 if device.type == "cuda" else 3) + (5 if compile else 0)
-    if warmup < 0:
-        raise CompressError(f"latency warmup: expected >= 0, got {warmup}")
     return LatencySettings(device=str(device), dtype=dtype_name(dtype), channels_last=channels_last,
                            compiled=compile, threads=torch.get_num_threads(), warmup=warmup, runs=runs,
                            bn_folded=fold_bn)
@@ -114,18 +112,12 @@ def _interleave(calls: dict[K, Callable[[], object]], *, device: torch.device, w
     return samples
 
 
-def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, *,
-                    device: torch.device | str = "cpu", batch_sizes: tuple[int, ...] = (1, 64),
-                    dtype: torch.dtype | str = torch.float32, channels_last: bool = False, compile: bool = False,
-                    warmup: int | None = None, runs: int = MIN_RUNS, per_layer: bool = False,
-                    fold_bn: bool = False, runtimes: tuple[str, ...] | None = None, threads: int | None = None,
-                    verbose: bool = False) -> "Comparison":
-    """Time several models interleaved, one forward each per round, under ``torch.inference_mode``.
+@dataclass(frozen=True)
+class TimingOptions:
+    """How :func:`compare_latency` / :func:`latency` measure: one validated config (built directly, or from the
+    keyword shorthand those functions accept).
 
-    Args:
-        models: name -> model; the first entry is the baseline the others are compared with. Never mutated:
-            each is deep-copied, put in eval mode, moved to ``device`` and cast to ``dtype``.
-        example_inputs: ``(1, C, H, W)``; its first sample is repeated to each batch size.
+    Attributes:
         device: ``"cpu"`` or ``"cuda"`` (CUDA events, ``cudnn.benchmark`` on while timing).
         batch_sizes: batch sizes to time.
         dtype: ``float32``, ``bfloat16`` or ``float16`` (the model copy and inputs are cast).
@@ -147,25 +139,76 @@ def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, 
             are refused (use the ``"torch-compile"`` runtime; time layers without runtimes).
         threads: CPU threads while timing (torch's intra-op threads, and each runtime's own setting); ``None``:
             ``torch.get_num_threads()``. Recorded in the settings and in every row.
+
+    Raises:
+        CompressError: a value out of range (``latency batch_sizes: expected ...``).
+    """
+
+    device: torch.device | str = "cpu"
+    batch_sizes: tuple[int, ...] = (1, 64)
+    dtype: torch.dtype | str = torch.float32
+    channels_last: bool = False
+    compile: bool = False
+    warmup: int | None = None
+    runs: int = MIN_RUNS
+    per_layer: bool = False
+    fold_bn: bool = False
+    runtimes: tuple[str, ...] | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_sizes", _check_batches(tuple(self.batch_sizes)))
+        if self.runtimes is not None:
+            object.__setattr__(self, "runtimes", tuple(self.runtimes))
+        _check_threads(self.threads)
+        if self.runs < MIN_RUNS:
+            raise CompressError(f"latency runs: expected at least {MIN_RUNS}, got {self.runs}")
+        if self.warmup is not None and self.warmup < 0:
+            raise CompressError(f"latency warmup: expected >= 0, got {self.warmup}")
+
+    @classmethod
+    def of(cls, options: "TimingOptions | None", shorthand: dict[str, Any]) -> "TimingOptions":
+        """``options``, or the options the keyword ``shorthand`` names (not both)."""
+        if options is not None and shorthand:
+            raise CompressError(f"latency: give TimingOptions or {', '.join(shorthand)}, not both")
+        if options is not None:
+            return options
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in shorthand if k not in known]
+        if unknown:
+            raise CompressError(f"latency: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
+        return cls(**shorthand)
+
+
+def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor,
+                    options: TimingOptions | None = None, *, verbose: bool = False, **shorthand: Any) -> "Comparison":
+    """Time several models interleaved, one forward each per round, under ``torch.inference_mode``.
+
+    Args:
+        models: name -> model; the first entry is the baseline the others are compared with. Never mutated:
+            each is deep-copied, put in eval mode, moved to ``device`` and cast to ``dtype``.
+        example_inputs: ``(1, C, H, W)``; its first sample is repeated to each batch size.
+        options: how to measure (:class:`TimingOptions`); or give its fields as keyword ``shorthand``
+            (``device="cuda", batch_sizes=(1,), runtimes=("torch", "onnxruntime")``).
         verbose: show a progress bar.
 
     Returns:
         A :class:`Comparison`.
 
     Raises:
-        CompressError: bad arguments, an unknown runtime name.
+        CompressError: bad options, an unknown runtime name.
     """
     if not models:
         raise CompressError("compare_latency: expected at least one model, got none")
-    _check_threads(threads)
-    with num_threads(threads):
-        if runtimes is not None:
-            return _compare_runtimes(models, example_inputs, tuple(runtimes), device=device, batch_sizes=batch_sizes,
-                                     dtype=dtype, channels_last=channels_last, compile=compile, warmup=warmup,
-                                     runs=runs, per_layer=per_layer, verbose=verbose)
-        return _compare_eager(models, example_inputs, device=device, batch_sizes=batch_sizes, dtype=dtype,
-                              channels_last=channels_last, compile=compile, warmup=warmup, runs=runs,
-                              per_layer=per_layer, fold_bn=fold_bn, verbose=verbose)
+    o = TimingOptions.of(options, shorthand)
+    with num_threads(o.threads):
+        if o.runtimes is not None:
+            return _compare_runtimes(models, example_inputs, o.runtimes, device=o.device, batch_sizes=o.batch_sizes,
+                                     dtype=o.dtype, channels_last=o.channels_last, compile=o.compile,
+                                     warmup=o.warmup, runs=o.runs, per_layer=o.per_layer, verbose=verbose)
+        return _compare_eager(models, example_inputs, device=o.device, batch_sizes=o.batch_sizes, dtype=o.dtype,
+                              channels_last=o.channels_last, compile=o.compile, warmup=o.warmup, runs=o.runs,
+                              per_layer=o.per_layer, fold_bn=o.fold_bn, verbose=verbose)
 
 
 def _compare_eager(models: dict[str, nn.Module], example_inputs: torch.Tensor, *, device: torch.device | str,
@@ -249,15 +292,13 @@ def _compare_runtimes(models: dict[str, nn.Module], example_inputs: torch.Tensor
     return Comparison(names=list(models), results={}, timings=timings, settings=settings)
 
 
-def latency(model: nn.Module, example_inputs: torch.Tensor, *, device: torch.device | str = "cpu",
-            batch_sizes: tuple[int, ...] = (1, 64), dtype: torch.dtype | str = torch.float32,
-            channels_last: bool = False, compile: bool = False, warmup: int | None = None, runs: int = MIN_RUNS,
-            per_layer: bool = False, fold_bn: bool = False, verbose: bool = False) -> LatencyResult:
-    """Median and IQR of ms per forward for each batch size (see :func:`compare_latency` for the arguments)."""
-    comp = compare_latency({"model": model}, example_inputs, device=device, batch_sizes=batch_sizes, dtype=dtype,
-                           channels_last=channels_last, compile=compile, warmup=warmup, runs=runs,
-                           per_layer=per_layer, fold_bn=fold_bn, verbose=verbose)
-    return comp.results["model"]
+def latency(model: nn.Module, example_inputs: torch.Tensor, options: TimingOptions | None = None, *,
+            verbose: bool = False, **shorthand: Any) -> LatencyResult:
+    """Median and IQR of ms per forward for each batch size, in eager PyTorch (see :func:`compare_latency`)."""
+    o = TimingOptions.of(options, shorthand)
+    if o.runtimes is not None:
+        raise CompressError("latency: runtimes are compared with compare_latency (latency times eager PyTorch)")
+    return compare_latency({"model": model}, example_inputs, o, verbose=verbose).results["model"]
 
 
 def verdict(baseline: Stats, other: Stats, *, device: str) -> str:

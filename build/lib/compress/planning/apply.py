@@ -13,15 +13,16 @@ import torch
 from torch import nn
 
 from ..errors import CompressError
-from ..transforms.prune.tp_compat import prune_group
+from ..transforms.prune.guard import GroupGuard
 from .groups import dependency_graph
 from .result import LayerChoice, Plan
 
 __all__ = ["apply_plan", "apply_choices"]
 
 
-def _prune(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.Tensor) -> None:
+def _prune(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.Tensor) -> list[str]:
     dg = dependency_graph(model, example_inputs)
+    guard = GroupGuard(model, example_inputs)
     modules = dict(model.named_modules())
     for c in choices:
         root = modules.get(c.layer)
@@ -33,7 +34,8 @@ def _prune(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.T
         group = dg.get_pruning_group(root, pruner.prune_out_channels, list(c.removed))
         if not dg.check_pruning_group(group):
             raise CompressError(f"apply_plan: torch-pruning refuses to prune group {c.layer!r} to {c.width_to}")
-        prune_group(dg, group)  # group.prune() would leave torch-pruning's split offsets stale
+        guard.prune(dg, group)  # rolled back and noted if torch-pruning fails on it or it breaks the model
+    return [f"{s.root}: pruning skipped ({s.reason})" for s in guard.skipped]
 
 
 def _rewrite(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.Tensor, calib: list | None,
@@ -58,19 +60,19 @@ def _rewrite(model: nn.Module, choices: list[LayerChoice], example_inputs: torch
 
 def apply_choices(model: nn.Module, choices: list[LayerChoice], example_inputs: torch.Tensor, *,
                   calib: list | None = None, verbose: bool = False) -> list[str]:
-    """Apply ``choices`` to ``model`` in place; return notes (e.g. channel permutes that could not be folded).
+    """Apply ``choices`` to ``model`` in place; return notes (e.g. groups torch-pruning failed on, left unpruned;
+    channel permutes that could not be folded).
 
     ``calib`` (calibration batches) makes separable rewrites data-aware, as in the ``rewrite`` step."""
     x = example_inputs[:1]
     prunes = [c for c in choices if c.form == "prune"]
-    if prunes:
-        _prune(model, prunes, x)
+    notes = _prune(model, prunes, x) if prunes else []
     drops = [c.layer for c in choices if c.form == "drop"]
     if drops:  # after pruning: a group may be rooted inside a dropped block
         from ..transforms.blocks.drop import drop_blocks
 
         drop_blocks(model, drops)
-    return _rewrite(model, [c for c in choices if c.form not in ("prune", "drop")], x, calib, verbose)
+    return notes + _rewrite(model, [c for c in choices if c.form not in ("prune", "drop")], x, calib, verbose)
 
 
 def apply_plan(model: nn.Module, plan: Plan, example_inputs: torch.Tensor, *, calib: list | None = None,

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..config import Config, check
 
-__all__ = ["TrainConfig", "DistillConfig"]
+__all__ = ["TrainConfig", "DistillConfig", "Teacher", "Checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,30 @@ class DistillConfig(Config):
         check(len(set(self.features)) == len(self.features), "features", "distinct layer names", self.features)
         check(all(self.features), "features", "non-empty layer names", self.features)
         check(self.feature_weight >= 0, "feature_weight", "a number >= 0", self.feature_weight)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """Distillation for :func:`~compress.training.fit`: the frozen model whose logits (and, with
+    ``config.features``, intermediate features) the student learns, and how.
+
+    Attributes:
+        model: the teacher, maps ``(B, C, H, W)`` to ``(B, K)`` logits like the student; never changed.
+        config: the distillation settings (default ``alpha=0.7``).
+    """
+
+    model: Any
+    config: DistillConfig = DistillConfig(alpha=0.7)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where :func:`~compress.training.fit` checkpoints, and whether it continues from that file.
+
+    Attributes:
+        path: written every ``TrainConfig.checkpoint_every`` steps, at the end, and on SIGINT/SIGTERM.
+        resume: continue from ``path`` when it exists (a finished checkpoint returns at once).
+    """
+
+    path: Any
+    resume: bool = False

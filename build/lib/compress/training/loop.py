@@ -24,7 +24,7 @@ from ..env import seed_everything
 from ..errors import CompressError
 from . import distributed as D
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import DistillConfig, TrainConfig
+from .config import Checkpoint, DistillConfig, Teacher, TrainConfig
 from .distill import FeatureDistiller, distillation_loss
 from .evaluate import autocast, top1_accuracy
 from .history import TrainHistory
@@ -329,7 +329,7 @@ class _Trainer:
 
 
 def _run(t: _Trainer, ddp: nn.Module, val_loader: DataLoader | None, checkpoint_path: Path | None,
-         fault_hook: Callable[[int], None] | None, stop: StopRequest, bar: tqdm) -> bool:
+         on_step: Callable[[int], None] | None, stop: StopRequest, bar: tqdm) -> bool:
     """Train until the step budget is spent or early stopping; returns whether it stopped early."""
     every = t.config.checkpoint_every
     while t.step < t.total:
@@ -346,8 +346,8 @@ def _run(t: _Trainer, ddp: nn.Module, val_loader: DataLoader | None, checkpoint_
                                         f"{checkpoint_path}")
             if every and t.step % every == 0 and t.step < t.total:
                 t.save(checkpoint_path)
-            if fault_hook is not None:
-                fault_hook(t.step)
+            if on_step is not None:
+                on_step(t.step)
             if t.step >= t.total:
                 break
         if t.end_epoch(val_loader):
@@ -356,10 +356,10 @@ def _run(t: _Trainer, ddp: nn.Module, val_loader: DataLoader | None, checkpoint_
 
 
 def fit(model: nn.Module, train_loader: DataLoader, *, val_loader: DataLoader | None = None,
-        config: TrainConfig, device: torch.device | str, teacher: nn.Module | None = None,
-        distill: DistillConfig | None = None, checkpoint_path: str | Path | None = None, resume: bool = False,
-        seed: int = 0, fault_hook: Callable[[int], None] | None = None, verbose: bool = True) -> TrainHistory:
-    """Train ``model`` in place with SGD/AdamW, optionally distilling from ``teacher``.
+        config: TrainConfig, device: torch.device | str, teacher: Teacher | None = None,
+        checkpoint: Checkpoint | None = None, seed: int = 0, on_step: Callable[[int], None] | None = None,
+        verbose: bool = True) -> TrainHistory:
+    """Train ``model`` in place with SGD/AdamW, optionally distilling from a teacher.
 
     Args:
         model: maps images ``(B, C, H, W)`` to logits ``(B, K)``; trained in place, moved to ``device``
@@ -369,12 +369,11 @@ def fit(model: nn.Module, train_loader: DataLoader, *, val_loader: DataLoader | 
         val_loader: evaluated (top-1) at the end of each epoch for the best epoch and early stopping.
         config: optimisation settings (validated here too).
         device: where to train.
-        teacher: frozen model whose logits are distilled; ``None`` trains on labels only.
-        distill: distillation settings; default ``DistillConfig(alpha=0.7)`` when a teacher is given.
-        checkpoint_path: written every ``config.checkpoint_every`` steps, at the end, and on SIGINT/SIGTERM.
-        resume: continue from ``checkpoint_path`` when it exists (a finished checkpoint returns at once).
+        teacher: the frozen model distilled from and the settings (:class:`Teacher`); ``None`` trains on
+            labels only.
+        checkpoint: where to checkpoint and whether to resume (:class:`Checkpoint`); ``None``: no checkpoint.
         seed: seeds all RNGs and the data order.
-        fault_hook: called with the step number after each optimizer step (tests raise from it).
+        on_step: called with the step number after each optimizer step (progress hooks; tests inject faults).
         verbose: show a progress bar (rank 0 only).
 
     Returns:
@@ -387,12 +386,14 @@ def fit(model: nn.Module, train_loader: DataLoader, *, val_loader: DataLoader | 
         KeyboardInterrupt: after SIGINT/SIGTERM, once the checkpoint is written.
     """
     config.validate()
+    distill = None
     if teacher is not None:
-        teacher = D.unwrap(teacher)
-        distill = distill if distill is not None else DistillConfig(alpha=0.7)
+        distill = teacher.config
         distill.validate()
+        teacher = D.unwrap(teacher.model)
     model, device = D.unwrap(model), torch.device(device)
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    path = Path(checkpoint.path) if checkpoint is not None else None
+    resume = checkpoint is not None and checkpoint.resume
     t = _Trainer(model, train_loader, config, device, teacher, distill, seed)
     t.checkpoint_path = path
     was_training = model.training
@@ -405,7 +406,7 @@ def fit(model: nn.Module, train_loader: DataLoader, *, val_loader: DataLoader | 
         model.train()
         ddp = D.wrap_ddp(model, device)
         with StopRequest() as stop:
-            stopped_early = _run(t, ddp, val_loader, path, fault_hook, stop, bar)
+            stopped_early = _run(t, ddp, val_loader, path, on_step, stop, bar)
         t.finish(stopped_early)
         t.save(path, finished=True)
     finally:

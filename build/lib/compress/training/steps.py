@@ -17,7 +17,7 @@ from ..recipe.registry import register_step
 from ..records import StepDetails
 from . import distributed as D
 from .calibrate import calibrate_bn
-from .config import DistillConfig, TrainConfig
+from .config import Checkpoint, DistillConfig, Teacher, TrainConfig
 from .curves import write_curves
 from .history import TrainHistory
 from .loop import fit
@@ -92,9 +92,9 @@ def finetune(ctx: Any, cfg: FinetuneStep) -> FinetuneDetails:
     """Fine-tune the model on the train split, distilling from the baseline unless ``distill: null``."""
     ctx.model = D.unwrap(ctx.model)
     history = fit(ctx.model, ctx.data.train, val_loader=ctx.data.val, config=cfg.train_config(), device=ctx.device,
-                  teacher=ctx.baseline if cfg.distill is not None else None, distill=cfg.distill,
-                  checkpoint_path=ctx.out_dir / "checkpoints" / f"step{ctx.step_index}.pt",
-                  resume=ctx.resume, seed=ctx.seed + ctx.step_index, verbose=ctx.verbose)
+                  teacher=Teacher(ctx.baseline, cfg.distill) if cfg.distill is not None else None,
+                  checkpoint=Checkpoint(ctx.out_dir / "checkpoints" / f"step{ctx.step_index}.pt", resume=ctx.resume),
+                  seed=ctx.seed + ctx.step_index, verbose=ctx.verbose)
     curves = None
     if ctx.is_main:
         curves = f"curves/step{ctx.step_index}"

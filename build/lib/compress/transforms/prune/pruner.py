@@ -12,12 +12,16 @@ Ratios are channel ratios, relative to the *original* widths (a MobileNet width 
 MACs fall roughly quadratically. ``macs_target`` raises the ratio in steps of :data:`STEP`, re-estimating
 importance on the pruned model each step, and sizes the last step by bisection so the MACs land in
 ``[(1 - MACS_TOL) * target, target]`` where the channel granularity allows.
+
+Every group is pruned through :class:`.guard.GroupGuard`: a group torch-pruning fails on (or that breaks the
+model) is rolled back and listed in ``PruneResult.skipped``; the rest prune. The whole call runs within
+``time_budget_s`` (:class:`.budget.TimeBudget`); torch-pruning errors become a :class:`CompressError` naming
+the layer (:mod:`.where`).
 """
 from __future__ import annotations
 
 import copy
 import fnmatch
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Collection, Iterable, Mapping
@@ -30,18 +34,24 @@ from tqdm import tqdm
 
 from ...errors import CompressError
 from ...modes import evaluating, restore_training
+from .budget import TimeBudget, protected
 from .dead import DeadReport, remove_dead_channels
+from .guard import GroupGuard, SkippedGroup
 from .importance import IMPORTANCES, NEEDS_ANALYSIS, DeadFirst, make_importance
 from .layer_roles import layer_width, locked_layers, output_layers
-from .tp_compat import (ChannelOrigins, build_graph, customized_pruners, link_index_maps,
-                        prune_group, replay_history, swap_shufflenet_blocks, traceable)
+from .tp_compat import (GRAPH_BUILDING, GRAPH_HINT, ChannelOrigins, build_graph, customized_pruners, link_index_maps,
+                        order_split_outputs, replay_history, swap_shufflenet_blocks, traceable)
+from .where import tp_errors
 
-__all__ = ["PruneResult", "prune", "count_macs_params", "STEP", "MAX_RATIO", "MACS_TOL"]
+__all__ = ["PruneResult", "prune", "count_macs_params", "STEP", "MAX_RATIO", "MACS_TOL", "TIME_BUDGET_S"]
 
 STEP = 0.1  # channel-ratio increase per iterative step towards a MACs target
 MAX_RATIO = 0.95  # never ask for more than this channel ratio
 MACS_TOL = 0.02  # the MACs target is met when MACs are in [(1 - MACS_TOL) * target, target]
+TIME_BUDGET_S = 120.0  # default wall-clock budget of one prune() call
 _MAX_BISECT = 12
+_BUDGET_HINT = ("put that layer (or its block) in ignored_layers, trace with a smaller example input "
+                "(e.g. 1x3x64x64), or raise time_budget_s")
 
 
 @dataclass
@@ -57,10 +67,17 @@ class PruneResult:
         ratio: the channel ratio finally applied, relative to the original widths (``None``: no ratio pruning).
         macs_target: the requested fraction of the original MACs, if any.
         target_met: whether ``macs_after <= macs_target * macs_before`` (``None`` without a target).
+        shortfall: when the target was not met, ``macs_fraction - macs_target`` (how far above it the MACs stayed,
+            as a fraction of the original); else ``None``.
+        skipped: channel groups left unpruned because torch-pruning failed on them or they broke the model
+            (rolled back exactly; see :mod:`.guard`).
         importance: the importance name used.
         ignored: layers whose output channels were protected (user patterns plus the auto-detected classifier).
         prepared: changes made only to let tp trace the model (e.g. ShuffleNetV2 blocks swapped).
         seconds: wall time.
+        time_budget_s: the wall-clock budget the call ran under (``None``: none).
+        peak_rss_bytes: highest resident set size of the process during the call (see :mod:`.budget`).
+        peak_increase_bytes: how far the call raised it above its start.
     """
 
     macs_before: int
@@ -78,6 +95,11 @@ class PruneResult:
     ignored: list[str] = field(default_factory=list)
     prepared: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    shortfall: float | None = None
+    skipped: list[SkippedGroup] = field(default_factory=list)
+    time_budget_s: float | None = None
+    peak_rss_bytes: int | None = None
+    peak_increase_bytes: int | None = None
 
     @property
     def macs_fraction(self) -> float:
@@ -194,6 +216,7 @@ class _Trial:
     history: list
     ratio: float
     macs: int
+    skipped: list[SkippedGroup]
 
 
 class _Pruner:
@@ -209,6 +232,11 @@ class _Pruner:
                           for name in _match([pattern], model, "per_layer")}
         self.dead = ({layer: set(ch) for layer, ch in analysis.dead_channels().items()}
                      if analysis is not None else {})
+        self.skipped: dict[str, SkippedGroup] = {}  # groups left unpruned on self.model, by root
+
+    def _keep_skipped(self, skipped: Iterable[SkippedGroup]) -> None:
+        for s in skipped:
+            self.skipped.setdefault(s.root, s)
 
     def _ratio_dict(self, model: nn.Module, origins: ChannelOrigins, ratio: float) -> dict[nn.Module, float]:
         """tp ratios relative to the *current* widths that leave ``int(original * (1 - r))`` channels."""
@@ -226,13 +254,15 @@ class _Pruner:
         imp = make_importance(self.importance, analysis=self.analysis, origins=origins, names=names)
         return DeadFirst(imp, self.dead, origins, names) if self.dead else imp
 
-    def apply(self, model: nn.Module, origins: ChannelOrigins, ratio: float) -> list:
-        """Prune ``model`` in place to ``ratio``; returns tp's pruning history (for replay on another copy)."""
+    def apply(self, model: nn.Module, origins: ChannelOrigins, ratio: float) -> tuple[list, list[SkippedGroup]]:
+        """Prune ``model`` in place to ``ratio``; returns tp's pruning history (for replay on another copy) and
+        the groups left unpruned."""
         names = {m: n for n, m in model.named_modules()}
         pruners = customized_pruners()
         if self.importance == "taylor":
             _accumulate_gradients(model, self.calib)
-        with traceable(model, pruners), warnings.catch_warnings():
+        guard = GroupGuard(model, self.example_inputs)
+        with tp_errors(model, GRAPH_BUILDING, hint=GRAPH_HINT), traceable(model, pruners), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tp warns about unwrapped parameters it then handles correctly
             pruner = tp.pruner.BasePruner(
                 model, self.example_inputs, importance=self._importance(model, origins), pruning_ratio=0.0,
@@ -241,23 +271,30 @@ class _Pruner:
                 customized_pruners=pruners, root_module_types=[nn.Conv2d, nn.Linear],
                 # tp's dict defaults are shared between instances and mutated: always pass fresh ones
                 in_channel_groups={}, out_channel_groups={}, num_heads={}, channel_groups={})
+        order_split_outputs(pruner.DG)
         link_index_maps(pruner.DG)
-        for group in pruner.step(interactive=True):
-            origins.record(group, names)
-            prune_group(pruner.DG, group)
+        guard.watch(pruner)
+        with tp_errors(model, "prune: torch-pruning's pruner"):
+            for group in pruner.step(interactive=True):
+                if guard.prune(pruner.DG, group):
+                    origins.record(group, names)
         model.zero_grad(set_to_none=True)
-        return pruner.pruning_history()
+        return pruner.pruning_history(), guard.skipped
 
     def trial(self, ratio: float) -> _Trial:
         """Prune a copy of the current model to ``ratio`` and count its MACs."""
         model, origins = copy.deepcopy(self.model), self.origins.copy()
-        history = self.apply(model, origins, ratio)
-        return _Trial(model, origins, history, ratio, count_macs_params(model, self.example_inputs)[0])
+        history, skipped = self.apply(model, origins, ratio)
+        return _Trial(model, origins, history, ratio, count_macs_params(model, self.example_inputs)[0], skipped)
 
     def commit(self, trial: _Trial) -> None:
-        """Replay a trial's exact pruning on the real model (tp's pruning history)."""
-        replay_history(build_graph(self.model, self.example_inputs), trial.history)
-        self.origins.index = trial.origins.index
+        """Replay a trial's exact pruning on the real model (tp's pruning history, each group guarded again:
+        the trial checked the model, so only exceptions are caught here)."""
+        guard = GroupGuard(self.model, self.example_inputs, check=False)
+        names = {m: n for n, m in self.model.named_modules()}
+        for group in replay_history(build_graph(self.model, self.example_inputs), trial.history, prune=guard.prune):
+            self.origins.record(group, names)
+        self._keep_skipped([*trial.skipped, *guard.skipped])
 
     def to_macs(self, target: float, max_steps: int) -> tuple[int, float]:
         """Prune in steps until MACs <= ``target``; returns ``(steps, final ratio)``."""
@@ -304,7 +341,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None
           macs_target: float | None = None, importance: str = "l2", analysis: Any = None, calib: Any = None,
           remove_dead: bool = True, dead_tol: float = 1e-4, round_to: int | None = None,
           ignored_layers: Collection[str | nn.Module] = (), per_layer: Mapping[str, float] | None = None,
-          max_steps: int = 10, held_out: Any = None, verbose: bool = False) -> PruneResult:
+          max_steps: int = 10, held_out: Any = None, time_budget_s: float | None = TIME_BUDGET_S,
+          verbose: bool = False) -> PruneResult:
     """Prune output channels of ``model`` in place, keeping every dependency consistent (torch-pruning).
 
     Args:
@@ -324,16 +362,39 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None
         max_steps: most steps towards ``macs_target``.
         held_out: batches (tensors or ``(images, labels)``) the analysis did not see, e.g. the val split: the
             dead-channel removal's output error is also measured on them (``result.dead.held_out_error``).
+        time_budget_s: wall-clock budget of the whole call in seconds (``None``: unlimited). On expiry the group
+            being pruned is rolled back, groups already pruned stay pruned (the model runs), and a
+            :class:`CompressError` names the layer torch-pruning was working on.
         verbose: show progress bars.
 
     Returns:
         A :class:`PruneResult`.
 
     Raises:
-        CompressError: invalid arguments (ranges, unknown importance, patterns matching nothing, ...).
+        CompressError: invalid arguments (ranges, unknown importance, patterns matching nothing, ...), the time
+            budget ran out, or torch-pruning failed on the whole graph (the message names the layer).
     """
     _validate(ratio, macs_target, importance, analysis, calib, round_to, per_layer, max_steps, dead_tol, remove_dead)
-    start = time.perf_counter()
+    budget = TimeBudget(time_budget_s, what="prune", model=model, hint=_BUDGET_HINT)
+    result = budget.run(_prune, model, example_inputs, ratio=ratio, macs_target=macs_target, importance=importance,
+                        analysis=analysis, calib=calib, remove_dead=remove_dead, dead_tol=dead_tol,
+                        round_to=round_to, ignored_layers=ignored_layers, per_layer=per_layer, max_steps=max_steps,
+                        held_out=held_out, verbose=verbose)
+    result.time_budget_s, result.seconds = time_budget_s, budget.usage.seconds
+    result.peak_rss_bytes, result.peak_increase_bytes = budget.usage.peak_rss_bytes, budget.usage.peak_increase_bytes
+    if result.target_met is False:
+        skipped = f", {len(result.skipped)} groups skipped" if result.skipped else ""
+        warnings.warn(f"prune: MACs target {macs_target} not reached ({result.macs_fraction:.3f} of the original, "
+                      f"{result.shortfall:.3f} short, after {result.steps} steps{skipped}); ignored layers, "
+                      f"skipped groups or max_steps={max_steps} limit it", stacklevel=2)
+    return result
+
+
+def _prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None, macs_target: float | None,
+           importance: str, analysis: Any, calib: Any, remove_dead: bool, dead_tol: float, round_to: int | None,
+           ignored_layers: Collection[str | nn.Module], per_layer: Mapping[str, float] | None, max_steps: int,
+           held_out: Any, verbose: bool) -> PruneResult:
+    """:func:`prune` without the argument checks and the budget."""
     frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
     ignored = _match(ignored_layers, model, "ignored_layers")
     prepared = _prepare(model)
@@ -356,16 +417,14 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None
             steps, applied = pruner.to_macs(macs_target * macs0, max_steps)
         elif ratio is not None or per_layer:
             steps, applied = 1, ratio or 0.0
-            pruner.apply(model, origins, applied)
+            pruner._keep_skipped(pruner.apply(model, origins, applied)[1])
     finally:
-        # tp replaces pruned parameters by new ones that require grad: frozen layers must stay frozen
-        for name, param in model.named_parameters():
-            param.requires_grad_(name not in frozen)
+        with protected():  # tp replaces pruned parameters by new ones that require grad: frozen layers stay frozen
+            for name, param in model.named_parameters():
+                param.requires_grad_(name not in frozen)
     macs1, params1 = count_macs_params(model, example_inputs)
     met = None if macs_target is None else macs1 <= macs_target * macs0
-    if met is False:
-        warnings.warn(f"prune: MACs target {macs_target} not reached ({macs1 / macs0:.3f} of the original after "
-                      f"{steps} steps); ignored layers or max_steps={max_steps} limit it", stacklevel=2)
+    shortfall = round(macs1 / max(macs0, 1) - macs_target, 6) if met is False else None
     return PruneResult(macs0, macs1, params0, params1, dict(origins.initial), _widths(model, origins.index), dead,
                        steps, applied, macs_target, met, importance, sorted(n for n in ignored if n in origins.index),
-                       prepared, round(time.perf_counter() - start, 3))
+                       prepared, shortfall=shortfall, skipped=list(pruner.skipped.values()))

@@ -20,7 +20,7 @@ from ...recipe.registry import register_step
 from ...records import StepDetails
 from ...jsonable import jsonable
 from .layer_roles import unknown_layers
-from .pruner import PruneResult, prune
+from .pruner import TIME_BUDGET_S, PruneResult, prune
 
 __all__ = ["PruneStep", "prune_step"]
 
@@ -43,6 +43,8 @@ class PruneStep(Config):
         max_steps: most iterative steps towards ``macs_target``.
         calib_batches: calibration batches used for ``taylor`` and to verify dead-channel folds; as many batches
             of the val split (held out from the analysis) measure the removal's error on new inputs.
+        time_budget_s: wall-clock budget of the step in seconds (null: unlimited); on expiry the step fails naming
+            the layer torch-pruning was working on.
     """
 
     ratio: float | None = None
@@ -55,6 +57,7 @@ class PruneStep(Config):
     dead_tol: float = 1e-4
     max_steps: int = 10
     calib_batches: int = 4
+    time_budget_s: float | None = TIME_BUDGET_S
 
     def validate(self) -> None:
         check(self.ratio is None or 0.0 < self.ratio < 1.0, "ratio", "a channel ratio in (0, 1) or null", self.ratio)
@@ -70,6 +73,8 @@ class PruneStep(Config):
         check(self.dead_tol >= 0.0, "dead_tol", "a number >= 0", self.dead_tol)
         check(self.max_steps >= 1, "max_steps", "an integer >= 1", self.max_steps)
         check(self.calib_batches >= 1, "calib_batches", "an integer >= 1", self.calib_batches)
+        check(self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s", "a number of seconds > 0 or null",
+              self.time_budget_s)
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ def prune_step(ctx: Any, cfg: PruneStep) -> PruneDetails:
                    importance=cfg.importance, analysis=ctx.analysis, calib=calib or None,
                    remove_dead=cfg.remove_dead, dead_tol=cfg.dead_tol, round_to=cfg.round_to,
                    ignored_layers=cfg.ignored_layers, per_layer=cfg.per_layer, max_steps=cfg.max_steps,
-                   held_out=ctx.calibration(cfg.calib_batches, split="val") or None)
+                   held_out=ctx.calibration(cfg.calib_batches, split="val") or None, time_budget_s=cfg.time_budget_s)
     invalidated = result.channels_after != result.channels_before and ctx.analysis is not None
     if invalidated:
         # the analysis numbers channels of the model it measured; after pruning it would point at wrong channels

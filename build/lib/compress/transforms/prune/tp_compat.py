@@ -1,6 +1,6 @@
 """Make models traceable by torch-pruning 1.6 and build its dependency graph safely.
 
-Three things torch-pruning cannot do on its own, fixed here without re-implementing it:
+What torch-pruning cannot do on its own, fixed here without re-implementing it:
 
 * torchvision's ShuffleNetV2 shuffles channels with a functional ``view``/``transpose`` that tp's reshape index
   mapping divides by zero on. :func:`swap_shufflenet_blocks` replaces each of its ``InvertedResidual`` blocks
@@ -11,8 +11,12 @@ Three things torch-pruning cannot do on its own, fixed here without re-implement
   :class:`ChannelPermutePruner` plus explicit index-mapped dependencies (added by :func:`build_graph`) express
   exactly that in tp's own dependency graph. Where that mapping would unbalance a grouped conv, the channels are
   locked instead (:func:`compress.transforms.prune.layer_roles.locked_layers`).
+* tp pairs a split's channel ranges with its consumers in tracing order, not output order:
+  :func:`order_split_outputs` sorts them.
 * ``build_dependency`` needs autograd enabled and calls ``model.eval()``; :func:`build_graph` enables grad and
-  restores every submodule's train/eval mode afterwards.
+  restores every submodule's train/eval mode afterwards. When tp raises, the forward hooks its tracing leaves
+  behind are removed and the error becomes a :class:`~compress.errors.CompressError` naming the layer
+  (:func:`.where.tp_errors`).
 
 This is the one set of tp extensions for compress' modules: pruning, dead-channel removal and the rewrites'
 permute folding and producer lookup all build their graphs with :func:`build_graph`.
@@ -22,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import sys
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 import torch_pruning as tp
@@ -33,11 +37,14 @@ from torch_pruning.dependency import Dependency
 from ...module_tree import set_module
 from ...modes import restore_training
 from ..modules import ChannelPermute, ChannelShuffle
+from .budget import protected
 from .layer_roles import layer_width
+from .where import tp_errors
 
 __all__ = ["ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
-           "shuffle_permutation", "customized_pruners", "traceable", "link_index_maps",
-           "build_graph", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins", "prune_group", "replay_history"]
+           "shuffle_permutation", "customized_pruners", "traceable", "link_index_maps", "order_split_outputs",
+           "build_graph", "GRAPH_BUILDING", "GRAPH_HINT", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins",
+           "prune_group", "replay_history"]
 
 
 class ShuffleV2Block(nn.Module):
@@ -237,16 +244,28 @@ def traceable(model: nn.Module, pruners: Mapping[type, tp.pruner.BasePruningFunc
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if shuffle_pruner is not None and isinstance(m, ChannelShuffle)]
     frozen = [p for p in model.parameters() if not p.requires_grad]
+    hooks_before = {m: set(m._forward_hooks) for m in model.modules()}
     try:
         for p in frozen:  # tp traces autograd: a frozen layer would leave no grad_fn to trace
             p.requires_grad_(True)
         with torch.enable_grad(), restore_training(model):
             yield
     finally:
-        for p in frozen:
-            p.requires_grad_(False)
-        for h in handles:
-            h.remove()
+        with protected():
+            for p in frozen:
+                p.requires_grad_(False)
+            for h in handles:
+                h.remove()
+            _remove_new_hooks(hooks_before)
+
+
+def _remove_new_hooks(before: Mapping[nn.Module, set]) -> None:
+    """Remove the forward hooks added since ``before`` (tp's tracing leaves its own behind when it raises)."""
+    for m, ids in before.items():
+        for hook_id in [k for k in m._forward_hooks if k not in ids]:
+            del m._forward_hooks[hook_id]
+            m._forward_hooks_with_kwargs.pop(hook_id, None)
+            m._forward_hooks_always_called.pop(hook_id, None)
 
 
 def link_index_maps(graph: "tp.DependencyGraph") -> None:
@@ -269,6 +288,28 @@ def link_index_maps(graph: "tp.DependencyGraph") -> None:
         back.index_mapping[0] = backward
         node.dependencies.extend([fwd, back])
 
+
+def order_split_outputs(graph: "tp.DependencyGraph") -> None:
+    """Order every split node's outputs by the split output they read (tp 1.6 keeps its tracing order).
+
+    tp maps split ``i``'s channel range to ``node.outputs[i]``, but lists the outputs in the order its backward
+    traversal met them: with ``a(x1), b(x2)`` concatenated, ``b`` may come first and then pruning ``x1``'s
+    channels removes ``b``'s inputs, silently. Each output's autograd node names the split output it reads
+    (``output_nr``); outputs for which none is found keep their place after the others.
+    """
+    for node in graph.module2node.values():
+        if node.type != tp.ops.OPTYPE.SPLIT or node.grad_fn is None:
+            continue
+
+        def read(out: Any, split: Any = node) -> int:
+            nrs = [nr for fn, nr in getattr(out.grad_fn, "next_functions", ()) if fn is split.grad_fn]
+            return min(nrs) if nrs else len(split.outputs)
+
+        node.outputs.sort(key=read)  # stable
+
+
+GRAPH_BUILDING = "building torch-pruning's dependency graph"  # starts the message of a tp failure while tracing
+GRAPH_HINT = "torch-pruning 1.6 cannot trace this part of the architecture (replace that block, or do not prune it)"
 
 OUT_CHANNEL_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
 
@@ -334,16 +375,28 @@ def prune_group(graph: "tp.DependencyGraph", group: Any) -> None:
             node.module.offsets = [0, *itertools.accumulate(sizes)]
 
 
-def replay_history(graph: "tp.DependencyGraph", history: list) -> None:
+def replay_history(graph: "tp.DependencyGraph", history: list, *,
+                   prune: Callable[["tp.DependencyGraph", Any], bool | None] = prune_group) -> list:
     """Apply tp's pruning history (``[(root_name, is_output_pruning, idxs), ...]``) to ``graph``'s model.
 
     tp's own ``load_pruning_history`` without the stale split offsets (see :func:`prune_group`).
+
+    Args:
+        prune: prunes one group, ``(graph, group)``; returns ``False`` when it left the group unpruned (e.g.
+            :meth:`compress.transforms.prune.guard.GroupGuard.prune`).
+
+    Returns:
+        The groups pruned.
     """
+    done = []
     for name, is_output, idxs in history:
         module = graph.model.get_submodule(name)
         pruner = graph.get_pruner_of_module(module)
         fn = pruner.prune_out_channels if is_output else pruner.prune_in_channels
-        prune_group(graph, graph.get_pruning_group(module, fn, idxs))
+        group = graph.get_pruning_group(module, fn, idxs)
+        if prune(graph, group) is not False:
+            done.append(group)
+    return done
 
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor, *,
@@ -355,10 +408,14 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, *,
         example_inputs: a batch for tracing, e.g. shape ``(1, C, H, W)``.
         pruners: tp pruning functions replacing those of :func:`customized_pruners` for some module types
             (e.g. a boundary pruner that decouples a permute's two sides to find the groups on each side).
+
+    Raises:
+        CompressError: tp failed (the message names the layer where it can be found, see :mod:`.where`).
     """
     pruners = {**customized_pruners(), **(pruners or {})}
-    with traceable(model, pruners):
+    with tp_errors(model, GRAPH_BUILDING, hint=GRAPH_HINT), traceable(model, pruners):
         graph = tp.DependencyGraph().build_dependency(model, example_inputs, customized_pruners=pruners,
                                                       verbose=False)
+    order_split_outputs(graph)
     link_index_maps(graph)
     return graph

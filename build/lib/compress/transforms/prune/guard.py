@@ -1,0 +1,232 @@
+"""Guarded group pruning: a torch-pruning group that raises, or leaves a broken model, is rolled back and skipped.
+
+torch-pruning 1.6 mis-handles some blocks that split, concatenate or mix kernel sizes (timm's Res2Net,
+CSPNet, MixNet ...): computing a group's importance raises, pruning raises half-way, or pruning succeeds but
+the model no longer runs (a module that keeps its own split sizes). :class:`GroupGuard` prunes one group at a
+time:
+
+1. it snapshots exactly what pruning a group changes (:class:`Snapshot`): every module and graph node in the
+   group (parameters and buffers copied, their gradients too, and their plain attributes such as
+   ``out_channels``, ``num_features``, ``groups``, a split's ``split_sizes`` and ``offsets``), the parent module
+   of an unwrapped parameter, tp's pruning functions (a split pruner keeps offsets) and the graph's own
+   bookkeeping (parameter names, node map, pruning history);
+2. prunes the group (:func:`.tp_compat.prune_group`);
+3. checks the model: one eval-mode forward pass on the example input must run, be finite and have the output
+   shape it had before;
+4. on any failure restores the snapshot exactly (parameters bit-identical) and records a :class:`SkippedGroup`.
+
+:meth:`GroupGuard.watch` extends this to a tp ``BasePruner``: a group whose construction or importance raises is
+skipped too, and the pruner carries on with the other groups.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.dependency import Group
+
+from .budget import protected
+from .dead import model_outputs
+from .tp_compat import prune_group
+from .where import describe_error, module_names
+
+__all__ = ["SkippedGroup", "Snapshot", "GroupGuard"]
+
+LOG = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class SkippedGroup:
+    """A channel group left unpruned.
+
+    Attributes:
+        root: qualified name of the group's root layer (the conv / linear whose output channels define it).
+        reason: what went wrong (the exception with where it was raised, or the failed check).
+    """
+
+    root: str
+    reason: str
+
+
+def _copy_tensor(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    grad = t.grad.detach().clone() if isinstance(t, nn.Parameter) and t.grad is not None else None
+    return t, t.detach().clone(), grad
+
+
+def _restore_tensor(saved: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> None:
+    t, data, grad = saved
+    t.data = data
+    if isinstance(t, nn.Parameter):
+        t.grad = grad
+
+
+def _copy_value(value: Any) -> Any:
+    """A shallow copy of a container's contents (restored into the same container object), else ``None``."""
+    return copy.copy(value) if isinstance(value, (list, dict, set)) else None
+
+
+def _restore_value(value: Any, contents: Any) -> None:
+    if isinstance(value, list):
+        value[:] = contents
+    elif isinstance(value, (dict, set)):
+        value.clear()
+        value.update(contents)
+
+
+class Snapshot:
+    """The state of some objects, restorable exactly: their attributes, and for modules their tensors.
+
+    Modules: ``_parameters`` and ``_buffers`` (the same tensor objects come back, holding copies of their data and
+    gradients) and every other attribute but submodules. Tensors (unwrapped parameters): data and gradient.
+    Other objects (graph nodes, tp's pruning functions, the graph): their attributes. Containers held in
+    attributes (lists, dicts, sets: ``split_sizes``, hook dicts) come back as the same objects with their old
+    contents, so references to them stay valid.
+    """
+
+    def __init__(self, objects: Iterable[Any]) -> None:
+        self._tensors: list[tuple] = []
+        self._attrs: list[tuple[Any, dict[str, tuple[Any, Any]]]] = []
+        seen: set[int] = set()
+        for obj in objects:
+            if obj is None or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, torch.Tensor):
+                self._tensors.append(_copy_tensor(obj))
+                continue
+            if isinstance(obj, nn.Module):
+                for t in (*obj._parameters.values(), *obj._buffers.values()):
+                    if t is not None and id(t) not in seen:
+                        seen.add(id(t))
+                        self._tensors.append(_copy_tensor(t))
+            attrs = {k: (v, _copy_value(v)) for k, v in vars(obj).items() if k != "_modules"}
+            self._attrs.append((obj, attrs))
+
+    def restore(self) -> None:
+        """Put every object back as it was when the snapshot was taken."""
+        with protected():
+            for obj, attrs in self._attrs:
+                state = vars(obj)
+                for key in [k for k in state if k not in attrs and k != "_modules"]:
+                    del state[key]
+                for key, (value, contents) in attrs.items():
+                    _restore_value(value, contents)
+                    state[key] = value
+            for saved in self._tensors:
+                _restore_tensor(saved)
+
+
+def _group_objects(graph: tp.DependencyGraph, group: Group) -> list[Any]:
+    """Everything pruning ``group`` may change (see the module docstring)."""
+    objects: list[Any] = [graph, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
+    for item in group:
+        for node in (item.dep.source, item.dep.target):
+            objects += [node, node.module]
+            if isinstance(node.module, nn.Parameter):  # tp replaces an unwrapped parameter on its parent
+                path = graph._param_to_name.get(node.module, "")
+                objects.append(graph.model.get_submodule(path.rpartition(".")[0]))
+    return objects
+
+
+class GroupGuard:
+    """Prunes torch-pruning groups of ``model`` one at a time, rolling back and skipping the ones that fail.
+
+    Args:
+        model: the model the groups belong to.
+        example_inputs: a batch ``(B, C, H, W)`` for the check forward pass.
+        check: run the check forward pass after each group (off: only exceptions are caught, e.g. when replaying
+            groups already checked on an identical copy).
+
+    Attributes:
+        skipped: the groups left unpruned, in order (one entry per root layer).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, check: bool = True) -> None:
+        self.model, self.example_inputs, self.check = model, example_inputs, check
+        self.names = module_names(model)
+        self.skipped: list[SkippedGroup] = []
+        self._expected = self._output(model) if check else None
+
+    def _output(self, model: nn.Module) -> torch.Tensor:
+        return model_outputs(model, [self.example_inputs])[0]
+
+    def _root(self, module: Any) -> str:
+        return self.names.get(id(module), type(module).__name__)
+
+    def _skip(self, root: str, reason: str) -> None:
+        if all(s.root != root for s in self.skipped):
+            self.skipped.append(SkippedGroup(root, reason))
+            LOG.warning("prune: group %s left unpruned: %s", root, reason)
+
+    def _problem(self) -> str | None:
+        """Why the model is broken now, or ``None`` (the check forward pass)."""
+        try:
+            out = self._output(self.model)
+        except Exception as err:
+            return f"the pruned model fails: {describe_error(err, self.names)}"
+        if tuple(out.shape) != tuple(self._expected.shape):
+            return f"the pruned model's output has shape {tuple(out.shape)}, expected {tuple(self._expected.shape)}"
+        if not bool(torch.isfinite(out).all()):
+            return "the pruned model's output is not finite (NaN/Inf)"
+        return None
+
+    def prune(self, graph: tp.DependencyGraph, group: Group) -> bool:
+        """Prune ``group`` of ``graph`` (built on ``model``); ``False`` if it was rolled back and skipped.
+
+        An empty group (one :meth:`watch` could not build, already recorded) is skipped.
+        Other exceptions (an interrupt, a time budget's expiry) roll back and propagate.
+        """
+        if not len(group):
+            return False
+        root = self._root(group[0].dep.target.module)
+        with protected():
+            snapshot = Snapshot(_group_objects(graph, group))
+        try:
+            prune_group(graph, group)
+            problem = self._problem() if self.check else None
+        except Exception as err:
+            problem = f"torch-pruning raised {describe_error(err, self.names)}"
+        except BaseException:
+            snapshot.restore()
+            raise
+        if problem is None:
+            return True
+        snapshot.restore()
+        self._skip(root, problem)
+        return False
+
+    def watch(self, pruner: tp.pruner.BasePruner) -> None:
+        """Make ``pruner`` skip (and record) groups whose construction or importance estimation raises.
+
+        Wraps the instance's ``DG.get_pruning_group`` (a failure returns an empty group, which tp's pruner and
+        :meth:`prune` pass over) and ``estimate_importance`` (a failure returns ``None``, which tp's pruner
+        skips); nothing else of tp changes.
+        """
+        graph, get_group, estimate = pruner.DG, pruner.DG.get_pruning_group, pruner.estimate_importance
+
+        def get_pruning_group(module: nn.Module, pruning_fn: Any, idxs: Any) -> Group:
+            try:
+                return get_group(module, pruning_fn, idxs)
+            except Exception as err:
+                self._skip(self._root(module),
+                           f"torch-pruning could not build the group: {describe_error(err, self.names)}")
+                empty = Group()
+                empty._DG = graph
+                return empty
+
+        def estimate_importance(group: Group) -> torch.Tensor | None:
+            if not len(group):
+                return None
+            try:
+                return estimate(group)
+            except Exception as err:
+                self._skip(self._root(group[0].dep.target.module),
+                           f"importance estimation raised {describe_error(err, self.names)}")
+                return None
+
+        graph.get_pruning_group = get_pruning_group
+        pruner.estimate_importance = estimate_importance
