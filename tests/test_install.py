@@ -12,9 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_and_imports_outside_the_checkout(tmp_path):
+    import shutil
+
+    source = tmp_path / "source"  # a copy: setuptools writes build/ and *.egg-info next to the project it builds
+    shutil.copytree(ROOT / "compress", source / "compress", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(ROOT)], check=True, timeout=300)
+                    str(wheels), str(source)], check=True, timeout=300)
     (wheel,) = wheels.glob("convnet_compress-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         meta = next(n for n in archive.namelist() if n.endswith("METADATA"))

@@ -1,6 +1,0 @@
-"""Channel pruning: dependency-aware pruning on torch-pruning (:mod:`.pruner`), lossless dead-channel removal
-(:mod:`.dead`), channel importances (:mod:`.importance`), the torch-pruning extensions and guards
-(:mod:`.tp_compat`), layer roles (:mod:`.layer_roles`) and the recipe step (:mod:`.step`)."""
-from .pruner import PruneResult, prune
-
-__all__ = ["PruneResult", "prune"]
