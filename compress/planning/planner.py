@@ -1,5 +1,5 @@
 """``plan``: choose per-layer widths, rewrites and dropped blocks that meet a latency / MACs / parameter target
-on a device.
+on a device, in the runtime the model ships to.
 
 Users ask for "2x faster on my device", not "50% fewer MACs", and fewer MACs is not less time: a depthwise or
 shuffled layer can lose to the dense conv it replaces on a GPU, and a width off the kernel's tile size can be
@@ -23,9 +23,12 @@ Shen et al. 2022):
    round was measured faster than the original, the plan is empty (the model is left as it is) and says so
    (:mod:`~compress.planning.search`, measuring through :mod:`~compress.planning.runner`).
 
-Latency is measured, by default, on models in deploy form, their BatchNorms folded into the convs
-(:func:`~compress.transforms.blocks.fold_bn.fold_batchnorm`): the original and every candidate alike, and the table's
-convs carry the bias the fold gives them.
+Latency is measured in ``options.runtime`` (:mod:`compress.measurement.runtimes`): eager PyTorch by default, or
+e.g. ONNX Runtime, whose blocked kernels make another width staircase than eager's; the table's candidates are
+then sessions of that runtime and the closed loop times whole models in it. It is measured, by default, on models
+in deploy form, their BatchNorms folded into the convs (:func:`~compress.transforms.blocks.fold_bn.fold_batchnorm`;
+always in runtimes other than ``torch``): the original and every candidate alike, and the table's convs carry the
+bias the fold gives them.
 
 The returned :class:`~compress.planning.result.Plan` holds the choices, predicted and measured ratios and a
 verdict that says so loudly when the planned model is slower than the original.
