@@ -56,6 +56,7 @@ __all__ = ["plan", "PlanOptions", "DEFAULT_FORMS", "TARGETS"]
 
 LOG = logging.getLogger(__name__)
 
+
 def _verdict(metric: str, value: float, met: bool, measured: float, predicted: float, row: dict | None,
              macs_ratio: float) -> str:
     status = "met" if met else "NOT MET"
@@ -64,9 +65,9 @@ def _verdict(metric: str, value: float, met: bool, measured: float, predicted: f
     if row is None:
         return text + "; latency not measured"
     folded = ", BN folded in both models" if row.get("bn_folded") else ""
+    layout = " channels_last" if row["channels_last"] else ""
     return (f"{text}; latency {row['baseline_ms']:.3f} ms -> {row['compressed_ms']:.3f} ms at batch {row['batch']} "
-            f"{row['dtype']}{' channels_last' if row['channels_last'] else ''}{folded} on {row['device']}: "
-            f"{row['verdict']}")
+            f"{row['dtype']}{layout}{folded} in {row.get('runtime', 'torch')} on {row['device']}: {row['verdict']}")
 
 
 def _analysis(model: nn.Module, analysis: Any, batches: list, verbose: bool) -> Any:
