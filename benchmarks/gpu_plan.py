@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plan_latency import COLUMNS, compare_variants, machine_lines, markdown_table  # noqa: E402
 
 from compress.io import atomic_write_text  # noqa: E402
-from compress.planning import apply_plan, plan  # noqa: E402
+from compress.planning import PlanOptions, apply_plan, plan  # noqa: E402
 from compress.planning.uniform import uniform_prune  # noqa: E402
 
 MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
@@ -49,10 +49,10 @@ def run_model(name: str, args: argparse.Namespace) -> tuple[list[dict], list[str
     x = torch.randn(1, 3, args.res, args.res)
     calib = [torch.randn(8, 3, args.res, args.res) for _ in range(2)]  # stand-in data: latency only
     began = time.perf_counter()
-    p = plan(model, x, target={"latency": args.target}, device=args.device, batch=args.batch, dtype=args.dtype,
-             channels_last=True, forms=FORMS.get(name, DEFAULT_FORMS), calib=calib, max_iters=args.max_iters,
+    p = plan(model, x, PlanOptions(target={"latency": args.target}, device=args.device, batch=args.batch,
+             dtype=args.dtype, channels_last=True, forms=FORMS.get(name, DEFAULT_FORMS), max_iters=args.max_iters,
              max_widths=args.max_widths, min_keep=0.5, table_runs=args.table_runs, runs=args.runs,
-             cache_dir=args.cache_dir, verbose=False)
+             cache_dir=args.cache_dir), calib=calib, verbose=False)
     planned = apply_plan(copy.deepcopy(model), p, x, calib=calib)
     uniform = uniform_prune(model, x, ratio=0.5, round_to=p.align)
     rows = compare_variants({"original": model, "planned": planned, "uniform tp 50%": uniform}, x,

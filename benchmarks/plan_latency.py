@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from compress.env import cpu_model  # noqa: E402
 from compress.io import atomic_write_text  # noqa: E402
 from compress.measurement import compare_latency, cost  # noqa: E402
-from compress.planning import apply_plan, plan  # noqa: E402
+from compress.planning import PlanOptions, apply_plan, plan  # noqa: E402
 from compress.planning.uniform import uniform_at_macs  # noqa: E402
 
 __all__ = ["compare_variants", "markdown_table", "machine_lines", "COLUMNS", "CASES", "BN_BATCHES"]
@@ -206,10 +206,10 @@ def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -
     return table rows and plan notes."""
     model, x, test, calib, bn_batches, train = build()
     began = time.perf_counter()
-    p = plan(model, x, target={"latency": args.target}, device="cpu", batch=batch, forms=tuple(args.forms),
-             calib=calib, max_iters=args.max_iters, max_widths=args.max_widths, min_keep=args.min_keep,
+    p = plan(model, x, PlanOptions(target={"latency": args.target}, device="cpu", batch=batch,
+             forms=tuple(args.forms), max_iters=args.max_iters, max_widths=args.max_widths, min_keep=args.min_keep,
              min_keep_limit=args.min_keep_limit, tolerance=args.tolerance, table_runs=args.table_runs, runs=args.runs,
-             cache_dir=args.cache_dir, fold_bn=args.fold_bn, verbose=args.verbose)
+             cache_dir=args.cache_dir, fold_bn=args.fold_bn), calib=calib, verbose=args.verbose)
     planned = apply_plan(copy.deepcopy(model), p, x, calib=list(itertools.islice(calib, 4)) if calib else None)
     uniform, ratio = uniform_at_macs(model, x, macs=cost(planned, x).macs, round_to=p.align)
     variants = {"original": model, "planned": planned, f"uniform tp (ratio {ratio:.2f})": uniform}

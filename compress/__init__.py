@@ -37,6 +37,7 @@ _API = {
     "fold_batchnorm": "compress.transforms",
     # latency-aware planning
     "plan": "compress.planning",
+    "PlanOptions": "compress.planning",
     "apply_plan": "compress.planning",
     # training
     "fit": "compress.training",

@@ -40,6 +40,7 @@ class RunContext:
         verbose: progress bars and step lines on (already ``False`` on ranks other than 0).
         resume: the step being executed continues a killed run (its checkpoint may be picked up).
         baseline_origin: where the baseline came from (see :class:`~compress.records.BaselineDetails`).
+        artifacts_step: index of the step whose model the written artifacts hold (``None``: none written).
     """
 
     out_dir: Path
@@ -60,6 +61,7 @@ class RunContext:
     verbose: bool = True
     resume: bool = False
     baseline_origin: dict[str, Any] = field(default_factory=dict)
+    artifacts_step: int | None = None
 
     @property
     def is_main(self) -> bool:
@@ -101,6 +103,23 @@ class RunContext:
         rec = StepRecord(name=name, kind=kind, metrics=metrics, details=details)
         self.records.append(rec)
         return rec
+
+    def model_spec(self) -> dict[str, Any] | None:
+        """How to rebuild the original architecture (``None`` for an in-memory model, which is pickled, and for
+        a context built without a recipe)."""
+        if self.recipe is None or self.baseline_origin.get("source") == "in-memory":
+            return None
+        return self.recipe.model.spec()
+
+    def write_artifacts(self, notes: list[str]) -> dict[str, Any]:
+        """Write the current model's deploy artifacts into :attr:`out_dir` (:func:`compress.artifacts.write_artifacts`)
+        and remember which step's model they hold (:attr:`artifacts_step`); returns their records."""
+        from .artifacts import write_artifacts
+
+        records = write_artifacts(self.model, self.example_inputs, self.out_dir,
+                                  preprocessing=self.data.preprocessing, spec=self.model_spec(), notes=notes)
+        self.artifacts_step = self.step_index
+        return records
 
     def fresh_baseline_copy(self) -> nn.Module:
         """A deep copy of the original model, e.g. to run a comparison without touching ``baseline``."""

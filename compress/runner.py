@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch import nn
 
+from .artifacts import ARTIFACT_FILES
 from .baseline import given_baseline, obtain_baseline
 from .config import to_plain
 from .context import RunContext
@@ -33,11 +34,6 @@ PROGRESS_FILE = "progress.json"  # inside OUT/state: completed steps and their r
 RECORDS_FILE = "records.pt"  # inside OUT/state: the same records, typed (what a resumed run continues with)
 
 
-def _spec(ctx: RunContext) -> dict[str, Any] | None:
-    """How to rebuild the original architecture for saving (``None`` for an in-memory model: pickled)."""
-    return None if ctx.baseline_origin.get("source") == "in-memory" else ctx.recipe.model.spec()
-
-
 def _state_dir(out: Path) -> Path:
     return out / "state"
 
@@ -47,7 +43,7 @@ def _save_progress(ctx: RunContext, completed: int) -> None:
     from .serialization import save
 
     state = _state_dir(ctx.out_dir)
-    save(ctx.model, state / "model.pt", spec=_spec(ctx))
+    save(ctx.model, state / "model.pt", spec=ctx.model_spec())
     atomic_torch_save(ctx.records, state / RECORDS_FILE)  # the typed records, exactly (resume restores them)
     atomic_write_json(state / PROGRESS_FILE, {
         "completed": completed,
@@ -233,18 +229,28 @@ def _record_baseline(ctx: RunContext) -> None:
                                   BaselineDetails(origin=ctx.baseline_origin)))
     if ctx.is_main:
         atomic_write_text(ctx.out_dir / "recipe.yaml", yaml.safe_dump(recipe_to_data(ctx.recipe), sort_keys=False))
-        save(ctx.baseline, ctx.out_dir / "baseline.pt", spec=_spec(ctx))
+        save(ctx.baseline, ctx.out_dir / "baseline.pt", spec=ctx.model_spec())
         _save_progress(ctx, -1)
 
 
 def _write_results(ctx: RunContext) -> None:
-    """The compressed model and ``run.json`` (environment, data, every step's record)."""
+    """The compressed model, its deploy artifacts (unless a report step already wrote them for the final model),
+    ``run.json`` (environment, data, every step's record), and one line naming what was written."""
     from .serialization import save
 
-    save(ctx.model, ctx.out_dir / "model.pt", spec=_spec(ctx))
+    save(ctx.model, ctx.out_dir / "model.pt", spec=ctx.model_spec())
+    notes: list[str] = []
+    if ctx.artifacts_step != ctx.step_index:  # none yet, or steps changed the model after the report wrote them
+        ctx.write_artifacts(notes)
+    for note in notes:
+        LOG.warning(note)
     atomic_write_json(ctx.out_dir / "run.json", {"environment": ctx.environment, "data": ctx.data.describe(),
                                                  "baseline": ctx.baseline_origin,
                                                  "steps": [r.to_plain() for r in ctx.records]})
+    shipped = ["model.pt", *(n for n in ARTIFACT_FILES if (ctx.out_dir / n).is_file())]
+    report = ctx.out_dir / "report.html"
+    LOG.info("done: %s; models: %s (in %s)", f"report {report}" if report.is_file() else "no report step",
+             ", ".join(shipped), ctx.out_dir)
 
 
 def _with_device(recipe: Recipe, device: str) -> Recipe:

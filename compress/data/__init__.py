@@ -19,7 +19,7 @@ from .checks import check_labels, check_nonempty
 from .config import SOURCES, DataConfig
 from .factory import UserData, is_factory, load_factory
 from .idx import read_idx
-from .sources import load_source
+from .sources import load_source, preprocessing
 from .split import SPLIT_VERSION, class_counts, dataset_labels, stratified_sample, stratified_split
 
 __all__ = ["DataBundle", "DataConfig", "build_data", "read_idx", "SOURCES"]
@@ -37,6 +37,8 @@ class DataBundle:
         source: the recipe's source name; ``synthetic`` is True for random data (reports say so).
         sizes: number of images per split.
         splits: how the splits were drawn (``method``, ``version``, ``seed``) and the images per class in each.
+        preprocessing: how images are prepared for the model (see :func:`compress.data.sources.preprocessing`;
+            for a factory's or in-memory data only the input shape is known).
     """
 
     train: DataLoader
@@ -49,6 +51,7 @@ class DataBundle:
     synthetic: bool
     sizes: dict[str, int]
     splits: dict[str, Any] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary for reports and ``run.json``."""
@@ -133,6 +136,9 @@ def build_data(cfg: DataConfig, *, seed: int = 0, splits: Mapping[str, Any] | No
         sizes={"train": len(train), "val": val_size, "test": len(test), "calib": calib_n},
         splits={"method": "stratified" if user is None else "factory (val/calib drawn stratified when absent)",
                 "version": SPLIT_VERSION, "seed": seed, "class_counts": counts},
+        preprocessing=(preprocessing(cfg, tuple(x0.shape)) if user is None else
+                       {"source": user.source, "input_shape": list(x0.shape), "layout": "NCHW", "dtype": "float32",
+                        "note": "prepared by the user's data code; apply the same transforms when deploying"}),
     )
 
 

@@ -18,7 +18,7 @@ from .idx import read_idx
 from .split import dataset_labels, stratified_sample
 from .tensors import TensorImages, prepare_images
 
-__all__ = ["load_source", "DEBIAN_FASHION_MNIST", "FASHION_MNIST_FILES"]
+__all__ = ["load_source", "preprocessing", "DEBIAN_FASHION_MNIST", "FASHION_MNIST_FILES"]
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -176,6 +176,25 @@ _SOURCES: dict[str, Callable[[DataConfig, int], Splits]] = {
     "imagefolder": _imagefolder,
     "synthetic": _synthetic,
 }
+
+
+def preprocessing(cfg: DataConfig, input_shape: tuple[int, ...]) -> dict:
+    """How images were prepared for the model, saved with every artifact so a deployment can do the same.
+
+    Returns:
+        ``{"source", "input_shape" (C, H, W), "layout": "NCHW", "dtype": "float32", "scale", "resize",
+        "channels", "mean", "std"}``: pixels are ``value * scale`` (uint8 sources: ``1/255``), resized to
+        ``resize`` x ``resize`` (bilinear, antialiased; ``None``: native), grey replicated to ``channels``, then
+        ``(x - mean) / std`` per channel (``None``: not normalised).
+    """
+    stats = {"fashion-mnist": _FMNIST_STATS, "cifar10": _CIFAR_STATS,
+             "imagefolder": _IMAGENET_STATS if (cfg.channels or 3) == 3 else ((0.5,), (0.5,))}.get(cfg.source)
+    mean, std = stats if (stats is not None and cfg.normalize) else (None, None)
+    native = cfg.source in ("fashion-mnist", "cifar10")
+    return {"source": cfg.source, "input_shape": list(input_shape), "layout": "NCHW", "dtype": "float32",
+            "scale": 1 / 255 if cfg.source != "synthetic" else None,
+            "resize": cfg.resize if native or cfg.source == "synthetic" else (cfg.resize or cfg.image_size),
+            "channels": cfg.channels, "mean": list(mean) if mean else None, "std": list(std) if std else None}
 
 
 def load_source(cfg: DataConfig, *, seed: int = 0) -> Splits:

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
 from ..measurement import cost
+from ..env import resolve_device
 from ..measurement.timing import as_dtype, cudnn_benchmark
 from ..measurement.util import model_device
 from ..modes import evaluating
 from .costs import loss_ratio
 from .shapes import ConvShape
+
+if TYPE_CHECKING:
+    from .table import Conditions
 
 __all__ = ["BlockSite", "find_blocks", "block_whole", "overhead"]
 
@@ -92,11 +97,11 @@ def find_blocks(model: nn.Module, x: torch.Tensor, shapes: dict[str, ConvShape],
     return blocks, notes
 
 
-def block_whole(model: nn.Module, blocks: dict[str, BlockSite], unit: str, *, device: torch.device,
-                batch: int = 1, dtype: torch.dtype | str = torch.float32, channels_last: bool = False,
+def block_whole(model: nn.Module, blocks: dict[str, BlockSite], unit: str, conditions: Conditions, *,
                 fold_bn: bool = True, warmup: int = 2, runs: int = 5) -> dict[str, float]:
-    """Each block's whole cost at full width in ``unit``: fastest time in ms (BN folded when ``fold_bn``, as
-    the planner's latency is), or per-sample MACs / parameters as :func:`compress.measurement.cost` counts them.
+    """Each block's whole cost at full width in ``unit``: fastest time in ms in ``runtime`` (BN folded when
+    ``fold_bn``, as the planner's latency is; always in runtimes other than ``torch``), or per-sample MACs /
+    parameters as :func:`compress.measurement.cost` counts them.
     """
     modules = dict(model.named_modules())
     if unit in ("macs", "params"):
@@ -107,9 +112,10 @@ def block_whole(model: nn.Module, blocks: dict[str, BlockSite], unit: str, *, de
             out[name] = float(c.macs if unit == "macs" else c.params)
         return out
     from ..transforms.blocks.fold_bn import fold_batchnorm
-    from .table import measure_ms
+    from .table import measure_ms, runtime_calls
 
-    dtype = as_dtype(dtype)
+    device, dtype, batch = resolve_device(conditions.device), as_dtype(conditions.dtype), conditions.batch
+    channels_last, runtime = conditions.channels_last, conditions.runtime
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     timed: dict[str, tuple[nn.Module, torch.Tensor]] = {}
     for name, b in blocks.items():
@@ -118,8 +124,9 @@ def block_whole(model: nn.Module, blocks: dict[str, BlockSite], unit: str, *, de
         if fold_bn:
             block = fold_batchnorm(block, example_inputs=x[:1].float())
         timed[name] = (block.to(device=device, dtype=dtype, memory_format=fmt).requires_grad_(False), x)
+    calls = runtime_calls(timed, runtime=runtime, device=device, dtype=dtype, channels_last=channels_last)
     with cudnn_benchmark(device):  # as the latency table's convs are timed
-        return measure_ms(timed, device=device, warmup=warmup, runs=runs)
+        return measure_ms(calls, device=device, warmup=warmup, runs=runs)
 
 
 def overhead(whole: float, convs: float) -> float:

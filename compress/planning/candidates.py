@@ -18,7 +18,7 @@ from ..transforms.rewrite.registry import RewriteConfig, config_for_kind, planne
 from .shapes import ConvShape
 
 __all__ = ["form_kinds", "rewrite_kinds", "BLOCK_KINDS", "Form", "aligned_widths", "default_align",
-           "rewrite_forms", "check_forms", "MIN_REWRITE_CHANNELS"]
+           "rewrite_forms", "MIN_REWRITE_CHANNELS"]
 
 BLOCK_KINDS = ("drop",)  # whole residual blocks replaced by the identity (compress.planning.blocks)
 
@@ -34,16 +34,6 @@ def rewrite_kinds() -> tuple[str, ...]:
 def form_kinds() -> tuple[str, ...]:
     """Every ``forms`` entry a plan accepts: ``prune``, the planner's rewrite kinds and the block forms."""
     return ("prune",) + rewrite_kinds() + BLOCK_KINDS
-
-
-def check_forms(forms: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Validate a ``forms`` option: a non-empty subset of :func:`form_kinds`."""
-    forms = tuple(forms)
-    known = form_kinds()
-    bad = [f for f in forms if f not in known]
-    if not forms or bad:
-        raise CompressError(f"plan forms: expected a non-empty subset of {', '.join(known)}, got {list(forms)}")
-    return forms
 
 
 @dataclass(frozen=True)
@@ -108,8 +98,10 @@ def aligned_widths(channels: int, *, align: int, min_keep: float = 0.25, max_wid
     """Candidate pruned widths of a ``channels``-wide group, largest first (``channels`` itself excluded).
 
     Widths are multiples of ``align`` in ``[min_keep * channels, channels)``. When there are more than
-    ``max_widths`` of them the step grows to a multiple of ``align`` so that at most ``max_widths`` remain
-    (every candidate is still aligned and measured).
+    ``max_widths`` of them the step doubles (``2 * align``, ``4 * align``, ...) until at most ``max_widths``
+    remain, and the widths are the multiples of that step: a coarser grid keeps to the widths wider kernel
+    tiles favour (with ``align`` 8: multiples of 16, then 32), never odd multiples of ``align``. Every candidate
+    is measured, so which widths pay off is still the table's to say.
 
     Args:
         channels: current width.
@@ -124,9 +116,11 @@ def aligned_widths(channels: int, *, align: int, min_keep: float = 0.25, max_wid
     top = (channels - 1) // align * align
     if top < low:
         return []
-    count = (top - low) // align + 1
-    step = align * math.ceil(count / max_widths)
-    return list(range(top, low - 1, -step))[:max_widths]
+    step = align
+    while (top // step * step - math.ceil(low / step) * step) // step + 1 > max_widths:
+        step *= 2
+    widths = list(range(top // step * step, math.ceil(low / step) * step - 1, -step))
+    return widths or [top]  # no multiple of the step in range: the widest aligned width alone
 
 
 def default_align(device: str, dtype: torch.dtype) -> int:

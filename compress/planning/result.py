@@ -63,6 +63,8 @@ class Plan:
     Attributes:
         target: ``{"latency" | "macs" | "params": fraction of the original}``.
         device / dtype / batch / channels_last / align: the conditions planned and measured for.
+        runtime: where latency was measured (the table's entries and the closed loop's models):
+            :mod:`compress.measurement.runtimes` name.
         choices: the changes, pruning first then rewrites (the order :func:`apply_plan` performs them).
         predicted_ratio: predicted planned/original for the target's quantity.
         measured_ratio: measured planned/original for it (latency: medians of one interleaved run).
@@ -81,6 +83,7 @@ class Plan:
     batch: int
     channels_last: bool
     align: int
+    runtime: str = "torch"
     choices: list[LayerChoice] = field(default_factory=list)
     predicted_ratio: float = 1.0
     measured_ratio: float = 1.0

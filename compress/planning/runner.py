@@ -7,7 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..measurement import compare_latency, cost
+from ..errors import CompressError
+from ..measurement import Comparison, compare_latency, cost
+from .options import PlanOptions
 from .apply import apply_choices
 from .result import LayerChoice
 
@@ -17,17 +19,28 @@ __all__ = ["Runner"]
 class Runner:
     """Applies choices to a copy of the model and measures it against the original."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, *, device: torch.device, batch: int,
-                 dtype: torch.dtype, channels_last: bool, runs: int, fold_bn: bool, calib: list | None = None,
+    def __init__(self, model: nn.Module, x: torch.Tensor, options: PlanOptions, *, calib: list | None = None,
                  verbose: bool) -> None:
-        self.model, self.x, self.batch, self.calib = model, x, batch, calib
-        self.settings = dict(device=device, batch_sizes=(batch,), dtype=dtype, channels_last=channels_last,
-                             runs=runs, fold_bn=fold_bn, verbose=verbose)
+        self.model, self.x, self.batch, self.calib = model, x, options.batch, calib
+        self.runtime = options.runtime
+        # the torch runtime is timed eagerly (BN folding optional); any other through its checked sessions
+        where = dict(fold_bn=options.fold_bn) if options.runtime == "torch" else dict(runtimes=(options.runtime,))
+        self.settings = dict(device=options.device, batch_sizes=(options.batch,), dtype=options.dtype,
+                             channels_last=options.channels_last, runs=options.runs, verbose=verbose, **where)
         self.base = cost(model, x)
+
+    def _compare(self, models: dict[str, nn.Module]) -> Comparison:
+        comp = compare_latency(models, self.x, **self.settings)
+        skipped = [t.skipped for t in comp.timings.values() if t.skipped]
+        if skipped:  # the runtime was usable when the plan began: a model it cannot take is the user's to know
+            raise CompressError(f"plan runtime {self.runtime!r}: {skipped[0]}")
+        return comp
 
     def original_ms(self) -> float:
         """The original's fastest end-to-end time (ms; the table keeps fastest times too)."""
-        comp = compare_latency({"original": self.model}, self.x, **self.settings)
+        comp = self._compare({"original": self.model})
+        if comp.timings:
+            return next(iter(comp.timings.values())).stats["original"].min_ms
         return comp.results["original"].stats[self.batch].min_ms
 
     def build(self, choices: list[LayerChoice]) -> tuple[nn.Module, list[str]]:
@@ -40,7 +53,8 @@ class Runner:
         out: dict[str, Any] = {"macs": c.macs / self.base.macs, "params": c.params / self.base.params,
                                "latency_row": None}
         if latency:
-            row = compare_latency({"original": self.model, "planned": candidate}, self.x, **self.settings).rows()[0]
+            rows = self._compare({"original": self.model, "planned": candidate}).rows()
+            row = next(r for r in rows if r["model"] == "planned")
             out["latency_row"] = row
             out["latency"] = row["compressed_ms"] / row["baseline_ms"]
         return out

@@ -14,12 +14,14 @@ import torch
 from torch import nn
 
 from .blocks import block_whole, overhead
+from ..env import resolve_device
 from .greedy import greedy
+from .options import PlanOptions
 from .predict import (LatencyResource, MacsResource, ParamsResource, Resource, State, dropped_overhead, site_widths,
                       total)
 from .problem import Problem, build_problem
 from .runner import Runner
-from .table import build_table
+from .table import Conditions, build_table
 
 __all__ = ["Setup", "Space", "calibrate", "folded_convs"]
 
@@ -35,19 +37,16 @@ def folded_convs(model: nn.Module, x: torch.Tensor) -> set[str]:
 class Setup:
     """Builds the problem, the resource and the fixed part of the prediction at a given ``min_keep``."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, metric: str, *, forms: tuple[str, ...], align: int,
-                 max_widths: int, analysis: Any, device: torch.device, batch: int, dtype: torch.dtype,
-                 channels_last: bool, cache_dir: str | None, table_runs: int | None, fold_bn: bool,
+    def __init__(self, model: nn.Module, x: torch.Tensor, options: PlanOptions, *, analysis: Any,
                  drop_errors: dict[str, float] | None = None, verbose: bool) -> None:
-        self.model, self.x, self.metric, self.verbose = model, x, metric, verbose
-        self.problem_options = dict(kinds=forms, align=align, max_widths=max_widths, analysis=analysis,
-                                    drop_errors=drop_errors)
-        self.block_options = dict(device=device, batch=batch, dtype=dtype, channels_last=channels_last,
-                                  fold_bn=fold_bn)
+        self.model, self.x, self.options, self.verbose = model, x, options, verbose
+        self.metric = options.metric
+        self.problem_options = dict(kinds=options.forms, align=options.align, max_widths=options.max_widths,
+                                    analysis=analysis, drop_errors=drop_errors)
+        self.timing = Conditions(device=resolve_device(options.device), batch=options.batch, dtype=options.dtype,
+                                 channels_last=options.channels_last, runtime=options.runtime)
         self.block_whole: dict[str, float] | None = None
-        self.table_options = dict(device=device, batch=batch, dtype=dtype, channels_last=channels_last,
-                                  cache_dir=cache_dir, runs=table_runs, verbose=verbose)
-        self.biased = folded_convs(model, x) if fold_bn and metric == "latency" else set()
+        self.biased = folded_convs(model, x) if options.fold_bn and self.metric == "latency" else set()
         self.tables: list[Any] = []
         self.original_ms: float | None = None
         self.min_keep, self.limit = 1.0, 1.0
@@ -72,7 +71,8 @@ class Setup:
         elif self.metric == "params":
             resource = ParamsResource()
         else:
-            table = build_table(problem.requests(), **self.table_options)
+            table = build_table(problem.requests(), self.timing, cache_dir=self.options.cache_dir,
+                                runs=self.options.table_runs, verbose=self.verbose)
             self.tables.append(table)
             resource = LatencyResource(table)
         self._block_overheads(problem, resource)
@@ -84,7 +84,8 @@ class Setup:
         if not problem.blocks:
             return
         if self.block_whole is None:  # full-width blocks: the same at every min_keep
-            self.block_whole = block_whole(self.model, problem.blocks, resource.unit, **self.block_options)
+            self.block_whole = block_whole(self.model, problem.blocks, resource.unit, self.timing,
+                                           fold_bn=self.options.fold_bn)
             self.notes.append("droppable blocks (drop cost, whole " + resource.unit + "): " + ", ".join(
                 f"{n} ({b.cost:.3g}, {self.block_whole[n]:.4g})" for n, b in problem.blocks.items()))
         full = State.initial(problem)

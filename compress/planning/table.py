@@ -3,12 +3,16 @@
 For each conv the table holds the time of the dense layer (``"dense"``), of the dense layer at each candidate
 output width (``"out:W"``; for a depthwise conv input and output shrink together) and input width (``"in:W"``),
 and of each rewrite (``"grouped:2"``, ``"separable:1"``, ...), all at the layer's real input size, the planned
-batch, dtype, memory format and device. The staircase of time against channel count is therefore measured
-point by point, never assumed from MACs.
+batch, dtype, memory format and device, in the planned *runtime* (:mod:`compress.measurement.runtimes`): with
+``torch`` each candidate is an eager module; with any other runtime (``onnxruntime``, ``openvino``, ...) each
+candidate is built as its own small model and turned into a checked session of that runtime
+(:meth:`~compress.measurement.runtimes.Runtime.session`), whose calls are timed. The staircase of time against
+channel count is therefore measured point by point where the model will run, never assumed from MACs or
+carried over from another runtime (ONNX Runtime's blocked kernels favour other widths than eager PyTorch's).
 
 Entries are cached as JSON under ``cache_dir`` (default ``$COMPRESS_CACHE/latency``), one file per
-(device name, torch version, dtype, batch, memory format), keyed inside by the layer's shape signature, so
-identical layers (and later runs) reuse measurements.
+(device name, torch version, runtime name and version, dtype, batch, memory format), keyed inside by the
+layer's shape signature, so identical layers (and later runs) reuse measurements.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,14 +30,15 @@ from tqdm import tqdm
 
 from ..env import cache_root, cpu_model
 from ..io import atomic_write_json
+from ..measurement.runtimes import runtime as runtime_named
 from ..measurement.timing import as_dtype, cudnn_benchmark, dtype_name, resolve_device, time_call
 from .candidates import Form, aligned_widths, rewrite_forms
 from .shapes import ConvShape
 
-__all__ = ["TableKey", "TableRequest", "LayerTimes", "LatencyTable", "build_table", "default_requests",
-           "measure_ms", "device_name", "default_table_dir"]
+__all__ = ["Conditions", "TableKey", "TableRequest", "LayerTimes", "LatencyTable", "build_table", "default_requests",
+           "measure_ms", "runtime_calls", "device_name", "default_table_dir"]
 
-_FORMAT = 2  # 2: grouped forms are timed with their channel permutes
+_FORMAT = 3  # 2: grouped forms are timed with their channel permutes; 3: keyed by runtime
 
 
 def device_name(device: torch.device | str) -> str:
@@ -50,6 +55,25 @@ def default_table_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class Conditions:
+    """Where and how the planner times a candidate: device, batch, dtype, memory format and runtime.
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"`` or a :class:`torch.device` (resolved on use).
+        batch: the batch size timed.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        channels_last: NHWC memory format.
+        runtime: a :mod:`compress.measurement.runtimes` name (``"torch"``: eager PyTorch).
+    """
+
+    device: torch.device | str = "cpu"
+    batch: int = 64
+    dtype: torch.dtype | str = torch.float32
+    channels_last: bool = False
+    runtime: str = "torch"
+
+
+@dataclass(frozen=True)
 class TableKey:
     """The measurement conditions a table file holds entries for."""
 
@@ -58,10 +82,13 @@ class TableKey:
     dtype: str
     batch: int
     channels_last: bool
+    runtime: str = "torch"
+    runtime_version: str = ""
 
     def file_name(self) -> str:
         text = json.dumps(self.__dict__, sort_keys=True)
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{self.device}-{self.dtype}-b{self.batch}").strip("-")[:80]
+        slug = re.sub(r"[^A-Za-z0-9]+", "-",
+                      f"{self.runtime}-{self.device}-{self.dtype}-b{self.batch}").strip("-")[:80]
         return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,7 +200,7 @@ class LatencyTable:
                            for n, t in self.layers.items()}}
 
 
-def measure_ms(modules: dict[str, tuple[nn.Module, torch.Tensor]], *, device: torch.device, warmup: int,
+def measure_ms(modules: dict[str, tuple[Callable[[Any], Any], Any]], *, device: torch.device, warmup: int,
                runs: int, agree: float = 0.1, max_factor: int = 5) -> dict[str, float]:
     """Fastest confirmed time of each ``module(x)`` in ms, calls interleaved across the entries.
 
@@ -184,7 +211,8 @@ def measure_ms(modules: dict[str, tuple[nn.Module, torch.Tensor]], *, device: to
     checks (:func:`compress.measurement.compare_latency`) use medians.
 
     Args:
-        modules: entry name -> (module, input batch), on ``device``.
+        modules: entry name -> (module or runtime call, its input batch), on ``device``
+            (see :func:`runtime_calls`).
         device: where they run (CUDA calls are timed with events).
         warmup: untimed calls per entry first.
         runs: timed calls per entry at least.
@@ -213,8 +241,9 @@ def _settled(samples: list[float], runs: int, agree: float) -> bool:
 
 
 def _prepared(entries: dict[str, tuple[ConvShape, Form | None]], key: TableKey,
-              device: torch.device) -> dict[str, tuple[nn.Module, torch.Tensor]]:
-    """Each entry's module (random weights) and input, in the table's dtype and memory format."""
+              device: torch.device) -> dict[str, tuple[Callable[[Any], Any], Any]]:
+    """Each entry's call and input in the table's runtime: a module (random weights) and its input ``(batch,
+    C, H, W)`` in the table's dtype and memory format (see :func:`runtime_calls`)."""
     dtype = as_dtype(key.dtype)
     fmt = torch.channels_last if key.channels_last else torch.contiguous_format
     inputs: dict[tuple, torch.Tensor] = {}
@@ -227,6 +256,31 @@ def _prepared(entries: dict[str, tuple[ConvShape, Form | None]], key: TableKey,
         if size not in inputs:
             inputs[size] = torch.randn(size, device=device, dtype=dtype).contiguous(memory_format=fmt)
         out[name] = (module, inputs[size])
+    return runtime_calls(out, runtime=key.runtime, device=device, dtype=dtype, channels_last=key.channels_last)
+
+
+def runtime_calls(modules: dict[str, tuple[nn.Module, torch.Tensor]], *, runtime: str, device: torch.device,
+                  dtype: torch.dtype, channels_last: bool) -> dict[str, tuple[Callable[[Any], Any], Any]]:
+    """``name -> (call, input)`` timing each ``module(x)`` in ``runtime`` (what :func:`measure_ms` takes).
+
+    ``torch``: the eager modules themselves, as given (on ``device``, in ``dtype``). Any other runtime: each
+    module becomes a checked session of it (BN-folded, output compared with eager at ``x``'s batch size;
+    built on the CPU in float32, as :meth:`~compress.measurement.runtimes.Runtime.session` requires), timed as
+    ``session.run(session.feed(x))`` so the conversion to the runtime's input stays out of the timed call.
+
+    Raises:
+        CompressError: the runtime cannot run here, or a session fails its check (the message names both).
+    """
+    if runtime == "torch":
+        return dict(modules)
+    where = runtime_named(runtime)
+    out: dict[str, tuple[Callable[[Any], Any], Any]] = {}
+    for name, (module, x) in modules.items():
+        cpu = module.to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format)
+        batch = x.to(device="cpu", dtype=torch.float32).contiguous()
+        session = where.session(cpu, batch, device=device, dtype=dtype, threads=torch.get_num_threads(),
+                                batch=batch.shape[0], channels_last=channels_last)
+        out[name] = (session.run, session.feed(batch))
     return out
 
 
@@ -247,15 +301,15 @@ def _save(path: Path, key: TableKey, entries: dict[str, dict[str, float]]) -> No
     atomic_write_json(path, {"format": _FORMAT, "key": key.as_dict(), "layers": merged})
 
 
-def build_table(requests: dict[str, TableRequest], *, device: torch.device | str = "cpu", batch: int = 64,
-                dtype: torch.dtype | str = torch.float32, channels_last: bool = False,
+def build_table(requests: dict[str, TableRequest], conditions: Conditions = Conditions(), *,
                 cache_dir: str | os.PathLike | None = None, cache: bool = True, warmup: int | None = None,
                 runs: int | None = None, verbose: bool = True) -> LatencyTable:
     """Time every requested entry not already in the cache.
 
     Args:
         requests: conv name -> :class:`TableRequest`.
-        device / batch / dtype / channels_last: measurement conditions (part of the cache key).
+        conditions: device, batch, dtype, memory format and runtime (all part of the cache key, with the
+            runtime's version).
         cache_dir: directory of the JSON cache (default :func:`default_table_dir`).
         cache: read and write the cache.
         warmup / runs: untimed and (at least) timed calls per entry (default 2/5 on CPU, 10/20 on CUDA); the
@@ -265,11 +319,13 @@ def build_table(requests: dict[str, TableRequest], *, device: torch.device | str
     Returns:
         A :class:`LatencyTable` with one :class:`LayerTimes` per request.
     """
-    device, dtype = resolve_device(device), as_dtype(dtype)
+    device, dtype = resolve_device(conditions.device), as_dtype(conditions.dtype)
+    batch, channels_last, runtime = conditions.batch, conditions.channels_last, conditions.runtime
     cuda = device.type == "cuda"
     warmup = (10 if cuda else 2) if warmup is None else warmup
     runs = (20 if cuda else 5) if runs is None else runs
-    key = TableKey(device_name(device), torch.__version__, dtype_name(dtype), batch, channels_last)
+    key = TableKey(device_name(device), torch.__version__, dtype_name(dtype), batch, channels_last, runtime,
+                   _runtime_version(runtime))
     path = Path(cache_dir or default_table_dir()) / key.file_name() if cache else None
     known = _load(path)
     table = LatencyTable(key=key, path=path, device=device, warmup=warmup, runs=runs, known=known)
@@ -286,6 +342,11 @@ def build_table(requests: dict[str, TableRequest], *, device: torch.device | str
             if new and path is not None:
                 _save(path, key, {sig: new})
     return table
+
+
+def _runtime_version(name: str) -> str:
+    """The version of ``name``'s library (torch's own for ``torch``)."""
+    return runtime_named(name).version()
 
 
 def default_requests(shapes: dict[str, ConvShape], *, align: int, min_keep: float = 0.25, max_widths: int = 8,

@@ -13,7 +13,7 @@ from ..jsonable import jsonable
 from .layers import layer_rows
 from .schema import SCHEMA_VERSION, validate
 
-__all__ = ["build_report", "environment_section", "summary_of", "BASELINE", "COMPRESSED"]
+__all__ = ["build_report", "latency_rows", "environment_section", "summary_of", "BASELINE", "COMPRESSED"]
 
 BASELINE, COMPRESSED = "baseline", "compressed"  # model names used in latency comparisons
 
@@ -92,6 +92,21 @@ def _reduction(base: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def latency_rows(comparisons: Sequence[Comparison]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The report's latency rows, one per (runtime, device, dtype, batch) the compressed model was timed in,
+    and one note per runtime skipped (unavailable, unsupported in a setting, failed its check)."""
+    rows, notes = [], []
+    for comp in comparisons:
+        for row in jsonable(comp.rows()):
+            if row.get("skipped"):
+                note = (f"runtime {row['runtime']} not measured on {row['device']} {row['dtype']}: "
+                        f"{row['skipped']}")
+                notes += [] if note in notes else [note]
+            elif row["model"] == COMPRESSED:
+                rows.append(row)
+    return rows, notes
+
+
 def _timing(timed: Comparison | None) -> dict[str, Any] | None:
     """How the per-layer times were taken (device, dtype, batch, runs), or ``None``."""
     if timed is None:
@@ -100,13 +115,18 @@ def _timing(timed: Comparison | None) -> dict[str, Any] | None:
     return {k: info[k] for k in ("device", "dtype", "batch", "runs")}
 
 
-def build_report(ctx: Any, *, comparisons: Sequence[Comparison] = (), notes: Sequence[str] = ()) -> dict[str, Any]:
+def build_report(ctx: Any, *, comparisons: Sequence[Comparison] = (), layer_times: Comparison | None = None,
+                 artifacts: dict[str, Any] | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
     """The report as a JSON-ready dict that validates against :data:`~compress.reporting.schema.REPORT_SCHEMA`.
 
     Args:
         ctx: the :class:`~compress.context.RunContext` (records, models, data, environment).
-        comparisons: latency comparisons of ``"baseline"`` vs ``"compressed"``; the first one's per-layer
-            times (when measured) fill the ``layers`` table.
+        comparisons: latency comparisons of ``"baseline"`` vs ``"compressed"`` (per runtime, or eager); see
+            :func:`latency_rows`.
+        layer_times: an eager comparison with per-layer times (``per_layer=True``) for the ``layers`` table;
+            ``None``: the first of ``comparisons`` that has them, if any.
+        artifacts: the written artifacts' records by file name (:func:`compress.artifacts.write_artifacts`);
+            ``model.onnx``'s is also the report's ``onnx`` section.
         notes: lines shown in the report (e.g. "cuda not available").
 
     Returns:
@@ -114,7 +134,9 @@ def build_report(ctx: Any, *, comparisons: Sequence[Comparison] = (), notes: Seq
     """
     base_metrics, final_metrics = _baseline_metrics(ctx), _final_metrics(ctx)
     base_cost, final_cost = cost(ctx.baseline, ctx.example_inputs), cost(ctx.model, ctx.example_inputs)
-    timed = next((c for c in comparisons if c.results[BASELINE].layers is not None), None)
+    timed = layer_times or next((c for c in comparisons if BASELINE in c.results
+                                 and c.results[BASELINE].layers is not None), None)
+    rows, skipped = latency_rows(comparisons)
     layers = layer_rows(base_cost, final_cost,
                         ms_before=timed.results[BASELINE].layers if timed else None,
                         ms_after=timed.results[COMPRESSED].layers if timed else None)
@@ -128,13 +150,16 @@ def build_report(ctx: Any, *, comparisons: Sequence[Comparison] = (), notes: Seq
         "final": summary_of(final_metrics),
         "reduction": _reduction(base_metrics, final_metrics),
         "steps": _steps(ctx.records),
-        "latency": [row for c in comparisons for row in jsonable(c.rows())],
+        "runtimes": list(dict.fromkeys(row["runtime"] for row in rows if row.get("runtime"))),
+        "latency": rows,
         "layers": layers,
         "layers_timing": _timing(timed),
         "rewrites": _rewrites(ctx.records),
         "serialized_bytes": {"baseline": base_cost.serialized_bytes, "final": final_cost.serialized_bytes},
+        "onnx": jsonable((artifacts or {}).get("model.onnx")),
+        "artifacts": jsonable(artifacts or {}),
         "plots": [],
-        "notes": list(notes),
+        "notes": list(notes) + skipped,
     }
     validate(report)
     return report

@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["SCHEMA_VERSION", "REPORT_SCHEMA", "SchemaError", "validate", "schema_errors"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.2"  # 1.1: latency rows per runtime, the runtimes timed, the model.onnx record; 1.2: artifacts
 
 _NUM = {"type": ["number", "null"]}
 _INT = {"type": ["integer", "null"], "minimum": 0}
@@ -37,7 +37,17 @@ _LATENCY_ROW = _obj(
      "baseline_ms": {"type": "number", "minimum": 0}, "compressed_ms": {"type": "number", "minimum": 0},
      "baseline_iqr_ms": {"type": "number", "minimum": 0}, "compressed_iqr_ms": {"type": "number", "minimum": 0},
      "ratio": {"type": "number", "minimum": 0}, "verdict": _STR, "threads": _INT, "runs": _INT,
-     "bn_folded": {"type": "boolean"}})
+     "bn_folded": {"type": "boolean"}, "runtime": _STR, "version": _STR, "model": _STR,
+     "compiled": {"type": "boolean"}, "max_rel_error": _NUM, "torch_ms": _NUM,
+     "vs_torch": {"type": ["string", "null"]}, "skipped": {"type": "null"}})
+_ONNX = {"type": ["object", "null"], "required": ["file", "input", "output", "input_shape", "bn_folded",
+                                                   "checked_batches", "max_rel_error", "tolerance",
+                                                   "within_tolerance", "onnxruntime"],
+         "properties": {"file": _STR, "input": _STR, "output": _STR, "input_shape": {"type": "array"},
+                        "bn_folded": {"type": "boolean"},
+                        "checked_batches": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                        "max_rel_error": {"type": "number", "minimum": 0}, "tolerance": {"type": "number"},
+                        "within_tolerance": {"type": "boolean"}, "onnxruntime": _STR}}
 _LAYER_ROW = _obj(["name", "macs_before", "macs_after", "params_before", "params_after", "ms_before", "ms_after"],
                   {"name": _STR, "type": {"type": ["string", "null"]}, "macs_before": _INT, "macs_after": _INT,
                    "params_before": _INT, "params_after": _INT, "ms_before": _NUM, "ms_after": _NUM})
@@ -66,7 +76,11 @@ REPORT_SCHEMA: dict[str, Any] = _obj(
         "final": _SUMMARY,
         "reduction": {"type": "object", "additionalProperties": _NUM},
         "steps": {"type": "array", "items": _STEP},
+        "runtimes": {"type": "array", "items": _STR},
         "latency": {"type": "array", "items": _LATENCY_ROW},
+        "onnx": _ONNX,
+        "artifacts": {"type": "object", "additionalProperties": {"type": "object", "required": ["file"],
+                                                                 "properties": {"file": _STR}}},
         "layers": {"type": "array", "items": _LAYER_ROW},
         "layers_timing": {"type": ["object", "null"], "properties": {"device": _STR, "dtype": _STR,
                                                                       "batch": _INT, "runs": _INT}},

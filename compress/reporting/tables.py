@@ -6,7 +6,7 @@ from typing import Any
 
 from . import fmt
 
-__all__ = ["Section", "sections", "verdict_lines"]
+__all__ = ["Section", "sections", "verdict_lines", "slower_lines"]
 
 
 @dataclass
@@ -54,26 +54,51 @@ def _steps(r: dict[str, Any]) -> Section:
                    ["step", "kind", "top-1", "top-5", "agreement", "params", "MACs", "seconds"], rows)
 
 
+def _where(row: dict[str, Any]) -> str:
+    """``"onnxruntime cpu float32 BN-folded batch 64"``: the runtime and setting a latency row was timed in."""
+    layout = (" channels_last" if row["channels_last"] else "") + (" BN-folded" if row.get("bn_folded") else "")
+    return f"{row.get('runtime') or 'torch'} {row['device']} {row['dtype']}{layout} batch {row['batch']}"
+
+
 def verdict_lines(r: dict[str, Any]) -> list[str]:
-    """One line per latency row: ``"cpu float32 batch 1: faster by 1.83x (measured on cpu)"``."""
-    out = []
-    for row in r["latency"]:
-        layout = (" channels_last" if row["channels_last"] else "") + (" BN-folded" if row.get("bn_folded") else "")
-        out.append(f"{row['device']} {row['dtype']}{layout} batch {row['batch']}: {row['verdict']}")
-    return out
+    """One line per latency row: ``"onnxruntime cpu float32 BN-folded batch 1: faster by 1.83x (measured on
+    cpu)"``."""
+    return [f"{_where(row)}: {row['verdict']}" for row in r["latency"]]
+
+
+def slower_lines(r: dict[str, Any]) -> list[str]:
+    """One loud line per runtime setting where the compressed model was measured SLOWER than the baseline."""
+    return [f"SLOWER in {_where(row)}: the compressed model takes {row['compressed_ms'] / row['baseline_ms']:.2f}x "
+            f"the baseline's time ({row['verdict']})" for row in r["latency"] if row["verdict"].startswith("SLOWER")]
 
 
 def _latency(r: dict[str, Any]) -> Section:
-    rows = [[row["device"], row["dtype"], str(row["batch"]), "yes" if row["channels_last"] else "no",
-             str(row.get("threads", "-")), f"{fmt.ms(row['baseline_ms'])} ± {fmt.ms(row['baseline_iqr_ms'])}",
+    rows = [[row.get("runtime") or "torch", row.get("version") or "-", row["device"], row["dtype"], str(row["batch"]),
+             "yes" if row["channels_last"] else "no", str(row.get("threads", "-")),
+             f"{fmt.ms(row['baseline_ms'])} ± {fmt.ms(row['baseline_iqr_ms'])}",
              f"{fmt.ms(row['compressed_ms'])} ± {fmt.ms(row['compressed_iqr_ms'])}", fmt.ratio(row["ratio"]),
-             row["verdict"]] for row in r["latency"]]
-    lines = ["Median ms per batch ± interquartile range; models timed interleaved in one process; "
-             "speed-up = baseline / compressed."] if rows else ["Latency was not measured."]
+             row["verdict"], row.get("vs_torch") or "-"] for row in r["latency"]]
+    lines = ["Median ms per batch ± interquartile range; models timed interleaved in one process (every runtime's "
+             "sessions in the same rounds); speed-up = baseline / compressed; 'vs eager torch' compares the "
+             "compressed model in that runtime with itself in eager PyTorch."] if rows else \
+        ["Latency was not measured."]
+    lines += [f"**{line}**" for line in slower_lines(r)]
     if any(row.get("bn_folded") for row in r["latency"]):
-        lines.append("Timed in deploy form: BatchNorms folded into their convs in BOTH models (report.fold_bn).")
-    return Section("Latency", lines, ["device", "dtype", "batch", "channels_last", "threads", "baseline ms",
-                                      "compressed ms", "speed-up", "verdict"], rows)
+        lines.append("Timed in deploy form: BatchNorms folded into their convs in BOTH models.")
+    return Section("Latency", lines, ["runtime", "version", "device", "dtype", "batch", "channels_last", "threads",
+                                      "baseline ms", "compressed ms", "speed-up", "verdict", "vs eager torch"], rows)
+
+
+def _onnx(r: dict[str, Any]) -> Section | None:
+    o = r.get("onnx")
+    if not o:
+        return None
+    status = "within" if o["within_tolerance"] else "OUTSIDE"
+    return Section("ONNX export", [
+        f"`{o['file']}`: input `{o['input']}` {o['input_shape']} (dynamic batch), output `{o['output']}`; "
+        f"BatchNorms folded: {'yes' if o['bn_folded'] else 'no'}.",
+        f"Checked with onnxruntime {o['onnxruntime']} at batch {', '.join(map(str, o['checked_batches']))}: relative "
+        f"max error {o['max_rel_error']:.2e} against the eager model ({status} the tolerance {o['tolerance']:g})."])
 
 
 def _delta(before: float | None, after: float | None) -> str:
@@ -140,11 +165,10 @@ def _environment(r: dict[str, Any]) -> Section:
 
 
 def sections(report: dict[str, Any]) -> list[Section]:
-    """Summary, steps, latency, per-layer, plans and rewrites (when present), notes, environment."""
+    """Summary, steps, latency, per-layer, plans, rewrites and the ONNX file (when present), notes,
+    environment."""
     out = [_summary(report), _steps(report), _latency(report), _layers(report), *_plans(report)]
-    rewrites = _rewrites(report)
-    if rewrites is not None:
-        out.append(rewrites)
+    out += [s for s in (_rewrites(report), _onnx(report)) if s is not None]
     if report["notes"]:
         out.append(Section("Notes", list(report["notes"])))
     out.append(_environment(report))

@@ -8,7 +8,7 @@ import torch
 
 from compress.analysis import analyze
 from compress.errors import CompressError
-from compress.planning import LayerChoice, Plan, apply_plan, plan
+from compress.planning import LayerChoice, Plan, PlanOptions, apply_plan, plan
 
 from planning_helpers import tiny_net
 
@@ -36,8 +36,8 @@ def test_dead_channel_plan_is_exact(x, tmp_path):
     dead = analysis.dead_channels()["3"]
     assert sorted(c for c, d in dead.items() if d.kind != "apoz") == DEAD  # apoz channels are not free
     # a target one aligned step below the original: the free (dead) channels are the cheapest way there
-    p = plan(model, x, target={"macs": 0.995}, batch=2, forms=("prune",), analysis=analysis, decrement=0.001,
-             measure_latency=False, cache_dir=str(tmp_path), verbose=False)
+    p = plan(model, x, PlanOptions(target={"macs": 0.995}, batch=2, forms=("prune",), decrement=0.001,
+             measure_latency=False, cache_dir=str(tmp_path)), analysis=analysis, verbose=False)
     assert p.met and len(p.choices) == 1
     choice = p.choices[0]
     assert (choice.layer, choice.width_from, choice.width_to, choice.cost) == ("3", 32, 24, 0.0)
@@ -51,8 +51,8 @@ def test_dead_channel_plan_is_exact(x, tmp_path):
 
 def test_rewrites_keep_shapes_and_record_forms(x, tmp_path):
     model = tiny_net()
-    p = plan(model, x, target={"macs": 0.5}, batch=2, forms=("grouped", "separable"), measure_latency=False,
-             cache_dir=str(tmp_path), verbose=False)
+    p = plan(model, x, PlanOptions(target={"macs": 0.5}, batch=2, forms=("grouped", "separable"),
+             measure_latency=False, cache_dir=str(tmp_path)), verbose=False)
     assert p.choices and all(c.form in ("grouped", "separable") for c in p.choices)
     rewritten = apply_plan(copy.deepcopy(model), p, x)
     names = dict(rewritten.named_modules())
@@ -113,8 +113,8 @@ def test_shufflenet_plan_applies_to_a_working_model(tmp_path):
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
     swap_shufflenet_blocks(model)  # what prune() does first: the torchvision blocks are not traceable by tp
     x = torch.randn(1, 3, 64, 64)
-    p = plan(model, x, target={"macs": 0.8}, batch=1, forms=("prune",), measure_latency=False,
-             cache_dir=str(tmp_path), verbose=False)
+    p = plan(model, x, PlanOptions(target={"macs": 0.8}, batch=1, forms=("prune",), measure_latency=False,
+             cache_dir=str(tmp_path)), verbose=False)
     assert p.met and p.choices
     pruned = apply_plan(copy.deepcopy(model), p, x)
     names = dict(pruned.named_modules())

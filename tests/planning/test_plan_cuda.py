@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compress.models import small_resnet
-from compress.planning import apply_plan, plan
+from compress.planning import PlanOptions, apply_plan, plan
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -18,9 +18,9 @@ def test_latency_plan_on_cuda_drops_blocks_and_applies(tmp_path):
     net = small_resnet(widths=(32, 32, 64), blocks=(2, 1, 1), in_channels=3).cuda().eval()
     x = torch.randn(1, 3, 32, 32, device="cuda")
     calib = [torch.randn(16, 3, 32, 32, device="cuda") for _ in range(2)]
-    p = plan(net, x, target={"latency": 0.8}, device="cuda", batch=64, dtype="bfloat16", channels_last=True,
-             forms=("prune", "drop"), calib=calib, calib_batches=2, max_iters=2, cache_dir=str(tmp_path),
-             verbose=False)
+    p = plan(net, x, PlanOptions(target={"latency": 0.8}, device="cuda", batch=64, dtype="bfloat16",
+             channels_last=True, forms=("prune", "drop"), calib_batches=2, max_iters=2, cache_dir=str(tmp_path)),
+             calib=calib, verbose=False)
     assert p.device.startswith("cuda") and p.dtype == "bfloat16" and p.align == 32
     assert p.latency is not None and p.latency["device"].startswith("cuda")
     assert p.measured_ratio == pytest.approx(p.latency["compressed_ms"] / p.latency["baseline_ms"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.planning import apply_plan, plan
+from compress.planning import PlanOptions, apply_plan, plan
 from compress.planning.candidates import Form
 from compress.planning.costs import rewrite_cost
 from compress.transforms import rewrite
@@ -24,8 +24,8 @@ def correlated_batches(count: int = 2) -> list[torch.Tensor]:
 def separable_plan(calib):
     net = tiny_net()
     x = torch.randn(1, 3, 16, 16)
-    p = plan(net, x, target={"macs": 0.8}, forms=("separable",), calib=calib, calib_batches=2, batch=2,
-             measure_latency=False, verbose=False)
+    p = plan(net, x, PlanOptions(target={"macs": 0.8}, forms=("separable",), calib_batches=2, batch=2,
+             measure_latency=False), calib=calib, verbose=False)
     return net, x, p
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from compress.measurement import cost
 from compress.models import small_resnet
-from compress.planning import Form, apply_plan, plan
+from compress.planning import Form, PlanOptions, apply_plan, plan
 from compress.planning.blocks import BlockSite
 from compress.planning.greedy import greedy
 from compress.planning.predict import MacsResource, State, total
@@ -89,8 +89,8 @@ def test_problem_prices_blocks_only_with_measured_errors():
 def test_macs_plan_drops_the_silent_block_first_and_predicts_its_macs():
     net, x, batches = resnet_with_silent_block()
     reference = copy.deepcopy(net)
-    p = plan(net, x, target={"macs": 0.8}, forms=("prune", "drop"), calib=batches, calib_batches=2, batch=2,
-             measure_latency=False, verbose=False)
+    p = plan(net, x, PlanOptions(target={"macs": 0.8}, forms=("prune", "drop"), calib_batches=2, batch=2,
+             measure_latency=False), calib=batches, verbose=False)
     drops = [c for c in p.choices if c.form == "drop"]
     assert [c.layer for c in drops] == ["layers.0.1"] and drops[0].cost == 0.0
     assert drops[0].members == ["layers.0.1.conv1", "layers.0.1.conv2"]
@@ -104,8 +104,8 @@ def test_macs_plan_drops_the_silent_block_first_and_predicts_its_macs():
 
 def test_exact_drop_alone_keeps_the_outputs():
     net, x, batches = resnet_with_silent_block()
-    p = plan(net, x, target={"params": 0.95}, forms=("drop",), calib=batches, calib_batches=2, batch=2,
-             measure_latency=False, verbose=False)
+    p = plan(net, x, PlanOptions(target={"params": 0.95}, forms=("drop",), calib_batches=2, batch=2,
+             measure_latency=False), calib=batches, verbose=False)
     assert [c.layer for c in p.choices] == ["layers.0.1"]
     planned = apply_plan(copy.deepcopy(net), p, x)
     with torch.no_grad():
@@ -114,8 +114,8 @@ def test_exact_drop_alone_keeps_the_outputs():
 
 def test_latency_plan_measures_block_overheads(tmp_path):
     net, x, batches = resnet_with_silent_block()
-    p = plan(net, x, target={"latency": 0.9}, forms=("drop",), calib=batches, calib_batches=2, batch=1,
-             max_iters=1, table_runs=2, cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"latency": 0.9}, forms=("drop",), calib_batches=2, batch=1, max_iters=1,
+             table_runs=2, cache_dir=str(tmp_path)), calib=batches, verbose=False)
     note = next(n for n in p.notes if n.startswith("droppable blocks"))
     assert "layers.0.0" in note and "layers.0.1" in note
     assert all(c.form == "drop" and c.unit == "ms" and c.predicted_saved > 0 for c in p.choices)

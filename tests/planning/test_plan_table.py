@@ -10,6 +10,7 @@ from torch import nn
 
 from compress.planning import aligned_widths, build_table, default_requests
 from compress.planning import table as table_mod
+from compress.planning.table import Conditions
 from compress.planning.shapes import capture_shapes
 
 ALIGN = 8
@@ -48,7 +49,7 @@ def requests(model, x, kinds=("prune", "grouped", "separable")):
 def test_one_measured_entry_per_width_and_cache_reuse(tmp_path, timer):
     model, x = two_convs()
     reqs = requests(model, x)
-    first = build_table(reqs, batch=4, cache_dir=tmp_path, runs=3, warmup=0, verbose=False)
+    first = build_table(reqs, Conditions(batch=4), cache_dir=tmp_path, runs=3, warmup=0, verbose=False)
     entries = sum(len(r.entries()) for r in reqs.values())
     # FakeTimer values never repeat, so no entry settles early: exactly max_factor * runs calls each
     assert timer.calls == entries * 3 * 5 and first.measured == entries and first.reused == 0
@@ -61,7 +62,7 @@ def test_one_measured_entry_per_width_and_cache_reuse(tmp_path, timer):
     assert len(set(values)) == len(values)  # every entry is its own measurement, none copied or interpolated
 
     timer.calls = 0
-    second = build_table(reqs, batch=4, cache_dir=tmp_path, runs=3, warmup=0, verbose=False)
+    second = build_table(reqs, Conditions(batch=4), cache_dir=tmp_path, runs=3, warmup=0, verbose=False)
     assert timer.calls == 0 and second.measured == 0 and second.reused == entries
     assert {n: t.ms for n, t in second.layers.items()} == {n: t.ms for n, t in first.layers.items()}
     assert second.path == first.path and json.loads(first.path.read_text())["key"]["batch"] == 4
@@ -70,11 +71,11 @@ def test_one_measured_entry_per_width_and_cache_reuse(tmp_path, timer):
 def test_cache_is_keyed_by_batch_dtype_and_layout(tmp_path, timer):
     model, x = two_convs()
     reqs = requests(model, x, kinds=("prune",))
-    base = build_table(reqs, batch=4, cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
+    base = build_table(reqs, Conditions(batch=4), cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
     paths = {base.path}
     for kwargs in ({"batch": 2}, {"dtype": torch.bfloat16}, {"channels_last": True}):
         timer.calls = 0
-        other = build_table(reqs, cache_dir=tmp_path, runs=1, warmup=0, verbose=False, **{"batch": 4, **kwargs})
+        other = build_table(reqs, Conditions(**{"batch": 4, **kwargs}), cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
         assert timer.calls > 0 and other.measured == base.measured  # nothing reused across keys
         paths.add(other.path)
     assert len(paths) == 4
@@ -85,7 +86,7 @@ def test_identical_layers_share_measurements(tmp_path, timer):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1))
     reqs = requests(model, torch.randn(1, 16, 8, 8), kinds=("prune",))
-    table = build_table(reqs, batch=2, cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
+    table = build_table(reqs, Conditions(batch=2), cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
     assert table.measured == len(reqs["0"].entries()) and table.reused == len(reqs["1"].entries())
     assert table.layers["0"].ms == table.layers["1"].ms
 
@@ -93,9 +94,9 @@ def test_identical_layers_share_measurements(tmp_path, timer):
 def test_damaged_cache_is_measured_again(tmp_path, timer):
     model, x = two_convs()
     reqs = requests(model, x, kinds=("prune",))
-    first = build_table(reqs, batch=2, cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
+    first = build_table(reqs, Conditions(batch=2), cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
     first.path.write_text("{not json")
-    again = build_table(reqs, batch=2, cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
+    again = build_table(reqs, Conditions(batch=2), cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
     assert again.measured == first.measured
     assert json.loads(again.path.read_text())["format"] == table_mod._FORMAT
 
@@ -104,7 +105,7 @@ def test_real_measurement_of_a_depthwise_staircase(tmp_path):
     model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16))
     reqs = requests(model, torch.randn(1, 16, 8, 8), kinds=("prune",))
     assert reqs["0"].in_widths == ()  # a depthwise conv shrinks input and output together
-    table = build_table(reqs, batch=2, cache_dir=tmp_path, runs=2, warmup=1, verbose=False)
+    table = build_table(reqs, Conditions(batch=2), cache_dir=tmp_path, runs=2, warmup=1, verbose=False)
     stairs = table.layers["0"].staircase()
     assert list(stairs) == [16, 8] and all(v > 0 for v in stairs.values())
     assert table.as_dict()["layers"]["0"]["signature"].startswith("conv2d_i16_o16_k3x3")
@@ -117,7 +118,7 @@ def test_rewrite_at_pruned_widths_is_measured_on_demand_and_cached(tmp_path, tim
 
     model, x = two_convs()
     reqs = requests(model, x)
-    table = build_table(reqs, batch=2, cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
+    table = build_table(reqs, Conditions(batch=2), cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
     before, calls = table.measured, timer.calls
     shape = reqs["2"].shape
     site = Site("2", shape, out_group=0, in_group=1)
@@ -136,5 +137,5 @@ def test_rewrite_at_pruned_widths_is_measured_on_demand_and_cached(tmp_path, tim
     assert site_widths(site, State([16, 24])) == (16, 24)
     calls = timer.calls
     assert resource.conv(site, 16, 24, form) == ms and timer.calls == calls  # asked again: no new timing
-    again = build_table(reqs, batch=2, cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
+    again = build_table(reqs, Conditions(batch=2), cache_dir=tmp_path, runs=1, warmup=0, verbose=False)
     assert again.entry_ms(pruned, form) == cached["grouped:2"] and timer.calls == calls  # a later run reuses it

@@ -7,10 +7,10 @@ import re
 import pytest
 import torch
 
-from compress.errors import CompressError
+from compress.errors import CompressError, ConfigError
 from compress.measurement import Stats, cost
 from compress.measurement.latency import Comparison, LatencyResult, LatencySettings
-from compress.planning import apply_plan, plan
+from compress.planning import PlanOptions, apply_plan, plan
 from compress.planning import runner as runner_mod
 from compress.planning import search as search_mod
 
@@ -21,14 +21,15 @@ def check_verdict(p) -> None:
     assert f"{row['baseline_ms']:.3f} ms -> {row['compressed_ms']:.3f} ms" in p.verdict
     speedup = row["baseline_ms"] / row["compressed_ms"]
     expected = f"faster by {speedup:.2f}x" if speedup >= 1 else f"SLOWER by {1 / speedup:.2f}x on cpu"
-    assert expected in p.verdict
+    overlap = f"no measurable difference on cpu (IQRs overlap; median ratio {speedup:.2f}x)"  # a loaded machine
+    assert expected in p.verdict or overlap in p.verdict
 
 
 @pytest.mark.parametrize("metric", ["macs", "params"])
 def test_formula_targets_are_met(net, x, tmp_path, metric):
     target = 0.6
-    p = plan(net, x, target={metric: target}, batch=4, forms=("prune",), tolerance=0.02, measure_latency=False,
-             cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={metric: target}, batch=4, forms=("prune",), tolerance=0.02,
+             measure_latency=False, cache_dir=str(tmp_path)), verbose=False)
     assert p.met and p.choices and all(c.form == "prune" and c.unit == metric for c in p.choices)
     assert target - 0.15 <= p.measured_ratio <= target + 0.02
     assert abs(p.predicted_ratio - p.measured_ratio) < 0.05  # formulas track the real count closely
@@ -44,8 +45,8 @@ def test_formula_targets_are_met(net, x, tmp_path, metric):
 
 def test_latency_target_reports_measured_numbers(net, x, tmp_path):
     model_before = copy.deepcopy(net.state_dict())
-    p = plan(net, x, target={"latency": 0.7}, batch=8, forms=("prune", "grouped", "separable"), max_iters=2,
-             table_runs=2, cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"latency": 0.7}, batch=8, forms=("prune", "grouped", "separable"),
+             max_iters=2, table_runs=2, cache_dir=str(tmp_path)), verbose=False)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in model_before.items())  # plan never mutates
     assert 1 <= len(p.iterations) <= 2 and p.iterations[-1].index == len(p.iterations)
     assert p.table["measured"] > 0 and p.table["batch"] == 8 and p.table["dtype"] == "float32"
@@ -78,7 +79,8 @@ def fake_comparison(base_ms: float, planned_ms: float) -> Comparison:
 
 def test_a_slower_plan_is_called_slower(net, x, tmp_path, monkeypatch):
     monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 12.0))
-    p = plan(net, x, target={"macs": 0.7}, batch=4, forms=("prune",), cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"macs": 0.7}, batch=4, forms=("prune",), cache_dir=str(tmp_path)),
+             verbose=False)
     assert p.met  # the MACs target is met...
     assert "SLOWER by 1.20x on cpu" in p.verdict  # ...but the slow-down is said out loud
     check_verdict(p)
@@ -86,29 +88,50 @@ def test_a_slower_plan_is_called_slower(net, x, tmp_path, monkeypatch):
 
 def test_unreachable_latency_target_is_not_met(net, x, tmp_path, monkeypatch):
     monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 9.0))
-    p = plan(net, x, target={"latency": 0.1}, batch=4, forms=("prune",), max_iters=3, table_runs=1,
-             cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"latency": 0.1}, batch=4, forms=("prune",), max_iters=3, table_runs=1,
+             cache_dir=str(tmp_path)), verbose=False)
     assert not p.met and p.measured_ratio == pytest.approx(0.9)
     assert re.search(r"latency target 0\.1x: NOT MET \(measured 0\.900x", p.verdict)
     assert len(p.iterations) == 1  # the search ran out of moves; tightening could not help
 
 
-@pytest.mark.parametrize("target", [{"latency": 0.5, "macs": 0.5}, {"speed": 0.5}, {"latency": 0.0},
-                                    {"macs": 1.5}, {"params": True}, [0.5], {}])
-def test_bad_targets_rejected(net, x, target):
-    with pytest.raises(CompressError, match="plan target"):
-        plan(net, x, target=target, verbose=False)
+@pytest.mark.parametrize("target, field", [({"latency": 0.5, "macs": 0.5}, "target"), ({"speed": 0.5}, "target"),
+                                           ({"latency": 0.0}, "target.latency"), ({"macs": 1.5}, "target.macs"),
+                                           ({"params": True}, "target.params"), ([0.5], "target"), ({}, "target")])
+def test_bad_targets_rejected(target, field):
+    with pytest.raises(ConfigError) as err:
+        PlanOptions(target=target)
+    assert err.value.field == field and str(err.value).startswith(f"{field}: expected ")
 
 
-def test_bad_options_rejected(net, x):
-    with pytest.raises(CompressError, match="forms"):
-        plan(net, x, target={"macs": 0.5}, forms=("prune", "dilated"), verbose=False)
-    with pytest.raises(CompressError, match="batch"):
-        plan(net, x, target={"macs": 0.5}, batch=0, verbose=False)
-    with pytest.raises(CompressError, match="CUDA"):
-        if torch.cuda.is_available():
-            raise CompressError("CUDA present: nothing to check")
-        plan(net, x, target={"latency": 0.5}, device="cuda", verbose=False)
+@pytest.mark.parametrize("changes, field", [
+    ({"forms": ("prune", "dilated")}, "forms"), ({"forms": ()}, "forms"), ({"batch": 0}, "batch"),
+    ({"device": "tpu"}, "device"), ({"dtype": "int8"}, "dtype"), ({"runtime": "tensorrt"}, "runtime"),
+    ({"runtime": "onnxruntime", "dtype": "bfloat16"}, "dtype"), ({"runtime": "openvino", "device": "cuda"}, "device"),
+    ({"runtime": "onnxruntime", "fold_bn": False}, "fold_bn"), ({"min_keep": 0.25, "min_keep_limit": 0.5},
+                                                                "min_keep_limit"),
+    ({"runs": 5}, "runs"), ({"tolerance": -0.1}, "tolerance"), ({"max_iters": 0}, "max_iters"),
+    ({"align": 0}, "align"), ({"calib_batches": 0}, "calib_batches"), ({"decrement": 2.0}, "decrement"),
+])
+def test_bad_options_name_the_field(changes, field):
+    with pytest.raises(ConfigError) as err:
+        PlanOptions(target={"macs": 0.5}, **changes)
+    assert err.value.field == field
+
+
+def test_python_spellings_are_normalised():
+    options = PlanOptions(target={"latency": 0.5}, dtype=torch.float32, device=torch.device("cpu"),
+                          forms=["prune"])
+    assert (options.dtype, options.device, options.forms) == ("float32", "cpu", ("prune",))
+    assert (options.metric, options.value) == ("latency", 0.5)
+
+
+def test_plan_takes_options_and_refuses_missing_cuda(net, x):
+    with pytest.raises(CompressError, match="PlanOptions"):
+        plan(net, x, {"target": {"macs": 0.5}}, verbose=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(CompressError, match="CUDA"):
+            plan(net, x, PlanOptions(target={"latency": 0.5}, device="cuda"), verbose=False)
 
 
 def test_residual_groups_are_planned_together(tmp_path):
@@ -117,8 +140,8 @@ def test_residual_groups_are_planned_together(tmp_path):
     torch.manual_seed(0)
     model = build_model({"name": "compress:small_resnet", "kwargs": {"widths": [16, 32, 64]}}).eval()
     x = torch.randn(1, 1, 16, 16)
-    p = plan(model, x, target={"macs": 0.6}, batch=2, forms=("prune",), measure_latency=False,
-             cache_dir=str(tmp_path), verbose=False)
+    p = plan(model, x, PlanOptions(target={"macs": 0.6}, batch=2, forms=("prune",), measure_latency=False,
+             cache_dir=str(tmp_path)), verbose=False)
     assert p.met
     pruned = apply_plan(copy.deepcopy(model), p, x)
     assert pruned(x).shape == (1, 10)
@@ -167,18 +190,18 @@ def test_latency_is_of_bn_folded_models_by_default(net, x, tmp_path, monkeypatch
         return fake_comparison(10.0, 6.0)
 
     monkeypatch.setattr(runner_mod, "compare_latency", fake)
-    p = plan(net, x, target={"latency": 0.7}, batch=4, forms=("prune",), max_iters=1, table_runs=1,
-             cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"latency": 0.7}, batch=4, forms=("prune",), max_iters=1, table_runs=1,
+             cache_dir=str(tmp_path)), verbose=False)
     assert seen and all(seen)  # the original's timing and every round's, folded
-    assert p.notes[0].startswith("latency of BN-folded models (deploy form) on both sides")
+    assert p.notes[0].startswith("latency of BN-folded models (deploy form) in runtime torch on both sides")
     assert p.table["measured"] > 0
     # the table timed the convs as the fold leaves them: with a bias (a BatchNorm follows every conv of net)
     from compress.planning.table import _load
     from pathlib import Path
     assert all("_b1_" in sig for sig in _load(Path(p.table["path"])))
     seen.clear()
-    plan(net, x, target={"latency": 0.7}, batch=4, forms=("prune",), max_iters=1, table_runs=1, fold_bn=False,
-         cache_dir=str(tmp_path), verbose=False)
+    plan(net, x, PlanOptions(target={"latency": 0.7}, batch=4, forms=("prune",), max_iters=1, table_runs=1,
+         fold_bn=False, cache_dir=str(tmp_path)), verbose=False)
     assert seen and not any(seen)
 
 
@@ -190,8 +213,8 @@ def test_fixed_time_is_part_of_the_prediction(net, x, tmp_path, monkeypatch):
     # convs' own deepest ratio is reachable), only on measured evidence
     monkeypatch.setattr(table_mod, "measure_ms", macs_like_ms)
     monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(100.0, 90.0))
-    p = plan(net, x, target={"latency": 0.5}, batch=4, forms=("prune",), max_iters=1, min_keep=0.5,
-             min_keep_limit=0.125, cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"latency": 0.5}, batch=4, forms=("prune",), max_iters=1, min_keep=0.5,
+             min_keep_limit=0.125, cache_dir=str(tmp_path)), verbose=False)
     fixed = float(re.search(r"fixed part of the predicted time \(not in the conv table\): ([\d.]+) ms of ([\d.]+) ms",
                             p.notes[0]).group(1))
     assert 93.0 < fixed < 98.0
@@ -207,8 +230,8 @@ def test_an_unreachable_target_halves_min_keep_before_measuring(net, x, tmp_path
 
     monkeypatch.setattr(table_mod, "measure_ms", macs_like_ms)
     monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(1e-3, 0.9e-3))
-    p = plan(net, x, target={"latency": 0.05}, batch=4, forms=("prune",), max_iters=1, min_keep=0.5,
-             min_keep_limit=0.125, cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"latency": 0.05}, batch=4, forms=("prune",), max_iters=1, min_keep=0.5,
+             min_keep_limit=0.125, cache_dir=str(tmp_path)), verbose=False)
     halved = [n for n in p.notes if n.endswith("halved")]
     assert [n.split(":")[0] for n in halved] == ["min_keep 0.5", "min_keep 0.25"]
     assert any(n.startswith("deepest plan with min_keep 0.125") for n in p.notes)
@@ -216,17 +239,12 @@ def test_an_unreachable_target_halves_min_keep_before_measuring(net, x, tmp_path
 
 def test_a_plan_measured_slower_is_replaced_by_the_empty_plan(net, x, tmp_path, monkeypatch):
     monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(10.0, 12.0))
-    p = plan(net, x, target={"latency": 0.9}, batch=4, forms=("prune",), max_iters=2, table_runs=1,
-             cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"latency": 0.9}, batch=4, forms=("prune",), max_iters=2, table_runs=1,
+             cache_dir=str(tmp_path)), verbose=False)
     assert p.iterations and all(it.measured_ratio == pytest.approx(1.2) for it in p.iterations)
     assert p.choices == [] and not p.met and p.measured_ratio == 1.0
     assert "the plan is left EMPTY, the model unchanged" in p.verdict and "1.200x" in p.verdict
     assert apply_plan(copy.deepcopy(net), p, x)(x).shape == (1, 10)
-
-
-def test_bad_min_keep_limit_rejected(net, x):
-    with pytest.raises(CompressError, match="min_keep_limit"):
-        plan(net, x, target={"macs": 0.5}, min_keep=0.25, min_keep_limit=0.5, verbose=False)
 
 
 def macs_like_ms(modules, **kwargs):
@@ -242,8 +260,8 @@ def test_a_missed_round_widens_the_grid(net, x, tmp_path, monkeypatch):
     # every candidate measures 0.99x: the loop asks for more than the deepest plan at min_keep 0.5 can give, so
     # it halves min_keep (to its limit) instead of stopping, and says so
     monkeypatch.setattr(runner_mod, "compare_latency", lambda *a, **k: fake_comparison(1e-3, 0.99e-3))
-    p = plan(net, x, target={"latency": 0.9}, batch=4, forms=("prune",), max_iters=3, min_keep=0.5,
-             min_keep_limit=0.125, cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"latency": 0.9}, batch=4, forms=("prune",), max_iters=3, min_keep=0.5,
+             min_keep_limit=0.125, cache_dir=str(tmp_path)), verbose=False)
     assert not any(n.endswith("halved") for n in p.notes)  # the prediction alone saw no need
     widened = [n for n in p.notes if "is past the deepest plan; min_keep halved" in n]
     assert [n.rsplit(" ", 1)[-1] for n in widened] == ["0.25", "0.125"]

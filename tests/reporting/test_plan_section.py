@@ -6,7 +6,7 @@ import copy
 import torch
 
 from compress.models import small_resnet
-from compress.planning import plan
+from compress.planning import PlanOptions, plan
 from compress.reporting.markdown import render_markdown
 
 
@@ -23,8 +23,8 @@ def test_plan_step_is_rendered_with_its_choices():
     net = small_resnet(widths=(16, 16, 32), blocks=(2, 1, 1)).eval()
     x = torch.randn(1, 1, 16, 16)
     batches = [torch.randn(4, 1, 16, 16)]
-    p = plan(copy.deepcopy(net), x, target={"macs": 0.7}, forms=("prune", "drop"), calib=batches,
-             calib_batches=1, batch=2, measure_latency=False, verbose=False)
+    p = plan(copy.deepcopy(net), x, PlanOptions(target={"macs": 0.7}, forms=("prune", "drop"), calib_batches=1,
+             batch=2, measure_latency=False), calib=batches, verbose=False)
     step = {"name": "plan", "kind": "plan", "metrics": {}, "details": {**p.as_dict(), "summary": p.summary_lines()}}
     text = render_markdown(minimal_report([step]))
     section = text[text.index("## Plan (plan)"):]

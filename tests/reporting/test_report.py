@@ -18,7 +18,7 @@ from compress.reporting.html import image_sources
 from compress.reporting.step import ReportDetails, ReportStep, report_step
 
 PNG = b"\x89PNG\r\n\x1a\n"
-QUICK = {"batch_sizes": [1, 2], "runs": 20}
+QUICK = {"batch_sizes": [1, 2], "runs": 20, "runtimes": ["torch"], "artifacts": False}  # runtimes: test_runtimes.py
 
 
 def _files(ctx):
@@ -43,7 +43,7 @@ def test_report_step_writes_valid_report(tiny_ctx, caplog):
     out = report_step(tiny_ctx, parse(ReportStep, QUICK))
     report, md, html = _files(tiny_ctx)
     validate(report)
-    assert report["schema_version"] == "1.0"
+    assert report["schema_version"] == "1.2"
     assert [s["name"] for s in report["steps"]] == ["baseline", "analyze", "rewrite"]
     assert report["steps"][1]["metrics"] == {}
     assert report["data"]["synthetic"] is True
@@ -159,7 +159,8 @@ def test_non_main_rank_writes_nothing(tiny_ctx):
 
 @pytest.mark.parametrize("bad,field", [({"runs": 5}, "runs"), ({"devices": ["tpu"]}, "devices"),
                                        ({"dtypes": ["int8"]}, "dtypes"), ({"batch_sizes": [0]}, "batch_sizes"),
-                                       ({"devices": []}, "devices"), ({"threads": 0}, "threads")])
+                                       ({"devices": []}, "devices"), ({"threads": 0}, "threads"),
+                                       ({"runtimes": []}, "runtimes"), ({"runtimes": ["tensorrt"]}, "runtimes")])
 def test_config_rejects_bad_values(bad, field):
     with pytest.raises(ConfigError) as err:
         parse(ReportStep, bad)
@@ -168,7 +169,8 @@ def test_config_rejects_bad_values(bad, field):
 
 def test_threads_option_is_applied_recorded_and_restored(tiny_ctx):
     torch.set_num_threads(2)
-    report_step(tiny_ctx, parse(ReportStep, {"batch_sizes": [1], "runs": 20, "threads": 1, "per_layer": False}))
+    report_step(tiny_ctx, parse(ReportStep, {"batch_sizes": [1], "runs": 20, "threads": 1, "per_layer": False,
+                                             "runtimes": ["torch"], "artifacts": False}))
     report, _, _ = _files(tiny_ctx)
     assert [r["threads"] for r in report["latency"]] == [1]
     assert torch.get_num_threads() == 2
@@ -184,7 +186,8 @@ def test_summary_text_mentions_every_line(tiny_ctx):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_rows_fp32_and_bf16_channels_last(tiny_ctx):
-    out = report_step(tiny_ctx, parse(ReportStep, {"batch_sizes": [1, 8], "devices": ["cpu", "cuda"]}))
+    out = report_step(tiny_ctx, parse(ReportStep, {"batch_sizes": [1, 8], "devices": ["cpu", "cuda"],
+                                                   "runtimes": ["torch"]}))
     report, md, html = _files(tiny_ctx)
     validate(report)
     cuda = [r for r in report["latency"] if r["device"].startswith("cuda")]

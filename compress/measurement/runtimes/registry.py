@@ -157,7 +157,8 @@ class Runtime:
         """Build a checked session of ``model`` in this runtime.
 
         The model is deep-copied, put in eval mode and its BatchNorms folded (:func:`compress.transforms.
-        fold_batchnorm`); ``model`` itself is untouched. The session's output at batch ``batch`` (see
+        fold_batchnorm`; a model without BatchNorm is passed on as it is, e.g. the latency table's lone convs);
+        ``model`` itself is untouched. The session's output at batch ``batch`` (see
         :func:`check_batch`) is compared with eager PyTorch in float64 on the CPU.
 
         Args:
@@ -187,7 +188,8 @@ class Runtime:
 
         x = check_batch(example_inputs, batch)
         cpu_model = copy.deepcopy(model).eval().to(device="cpu", dtype=torch.float32)
-        folded = fold_batchnorm(cpu_model, example_inputs=x[:1])
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in cpu_model.modules())
+        folded = fold_batchnorm(cpu_model, example_inputs=x[:1]) if has_bn else copy.deepcopy(cpu_model)
         for p in folded.parameters():
             p.requires_grad_(False)
         try:

@@ -19,7 +19,7 @@ from torch import nn
 
 from compress.config import check, parse
 from compress.errors import CompressError
-from compress.planning import apply_plan, plan
+from compress.planning import PlanOptions, apply_plan, plan
 from compress.recipe.schema import load_recipe
 from compress.run import main
 from compress.transforms import rewrite
@@ -181,8 +181,8 @@ def test_recipe_runs_the_kind_end_to_end(center_tap, tmp_path, isolated_cache):
 def test_plan_uses_the_kind_as_a_form(center_tap, tmp_path):
     net = _center_only(_net())
     x = torch.randn(1, 3, 16, 16)
-    p = plan(net, x, target={"macs": 0.5}, batch=2, forms=("center_tap",), measure_latency=False,
-             cache_dir=str(tmp_path), verbose=False)
+    p = plan(net, x, PlanOptions(target={"macs": 0.5}, batch=2, forms=("center_tap",), measure_latency=False,
+             cache_dir=str(tmp_path)), verbose=False)
     assert p.choices and all(c.form == "center_tap" for c in p.choices)
     reference = copy.deepcopy(net)
     apply_plan(net, p, x)
