@@ -61,6 +61,8 @@ class PruneResult:
         ignored: layers whose output channels were protected (user patterns plus the auto-detected classifier).
         prepared: changes made only to let tp trace the model (e.g. ShuffleNetV2 blocks swapped).
         seconds: wall time.
+        kept: for every conv / linear whose width changed, the indices (in the model as it was before this call)
+            of its remaining output channels, in their current order (``ChannelOrigins.index``).
     """
 
     macs_before: int
@@ -78,6 +80,7 @@ class PruneResult:
     ignored: list[str] = field(default_factory=list)
     prepared: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    kept: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def macs_fraction(self) -> float:
@@ -368,4 +371,5 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None
                       f"{steps} steps); ignored layers or max_steps={max_steps} limit it", stacklevel=2)
     return PruneResult(macs0, macs1, params0, params1, dict(origins.initial), _widths(model, origins.index), dead,
                        steps, applied, macs_target, met, importance, sorted(n for n in ignored if n in origins.index),
-                       prepared, round(time.perf_counter() - start, 3))
+                       prepared, round(time.perf_counter() - start, 3),
+                       {n: t.tolist() for n, t in origins.index.items() if t.numel() != origins.initial[n]})

@@ -7,18 +7,19 @@ Example (YAML)::
         importance: l2          # l1 | l2 | bn | taylor | activation | apoz | redundancy
         ignored_layers: ["layer4.*"]
         per_layer: {"layer1.*": 0.1}
+        reconstruct: true       # then refit the layers towards the original on the calib batches
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
 from ...config import Config, check
 from ...recipe.registry import register_step
-from ...records import StepDetails
 from ...jsonable import jsonable
+from ..reconstruct.step import Reconstruction, reconstruct_in_step
 from .layer_roles import unknown_layers
 from .pruner import PruneResult, prune
 
@@ -43,6 +44,8 @@ class PruneStep(Config):
         max_steps: most iterative steps towards ``macs_target``.
         calib_batches: calibration batches used for ``taylor`` and to verify dead-channel folds; as many batches
             of the val split (held out from the analysis) measure the removal's error on new inputs.
+        reconstruct: after pruning, refit the layers towards the original by least squares on the same
+            calibration batches (:mod:`compress.transforms.reconstruct.step`).
     """
 
     ratio: float | None = None
@@ -55,6 +58,7 @@ class PruneStep(Config):
     dead_tol: float = 1e-4
     max_steps: int = 10
     calib_batches: int = 4
+    reconstruct: bool = False
 
     def validate(self) -> None:
         check(self.ratio is None or 0.0 < self.ratio < 1.0, "ratio", "a channel ratio in (0, 1) or null", self.ratio)
@@ -73,8 +77,8 @@ class PruneStep(Config):
 
 
 @dataclass(frozen=True)
-class PruneDetails(StepDetails):
-    """What the ``prune`` step did.
+class PruneDetails(Reconstruction):
+    """What the ``prune`` step did (and, with ``reconstruct: true``, the :class:`Reconstruction` fields).
 
     Attributes:
         result: the pruning result (MACs, params and widths before/after, dead channels, target met).
@@ -88,7 +92,7 @@ class PruneDetails(StepDetails):
 
     def to_plain(self) -> dict[str, Any]:
         return {**jsonable(self.result.to_dict()), "unknown_layers": list(self.unknown_layers),
-                "analysis_invalidated": self.analysis_invalidated}
+                "analysis_invalidated": self.analysis_invalidated, **self.reconstruction_plain()}
 
 
 @register_step("prune", PruneStep, PruneDetails)
@@ -104,4 +108,7 @@ def prune_step(ctx: Any, cfg: PruneStep) -> PruneDetails:
     if invalidated:
         # the analysis numbers channels of the model it measured; after pruning it would point at wrong channels
         ctx.analysis = None
-    return PruneDetails(result, unknown_layers=unknown_layers(ctx.model), analysis_invalidated=invalidated)
+    details = PruneDetails(result, unknown_layers=unknown_layers(ctx.model), analysis_invalidated=invalidated)
+    if cfg.reconstruct:
+        details = replace(details, **reconstruct_in_step(ctx, calib, kind="prune", details=details))
+    return details
