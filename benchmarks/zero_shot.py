@@ -21,6 +21,7 @@ Prints a Markdown table and the command, and writes them to ``benchmarks/results
 
     python benchmarks/zero_shot.py --quick
     python benchmarks/zero_shot.py --models small_resnet small_mobilenet_v2 --targets 0.5 0.25
+    python benchmarks/zero_shot.py --quick-baseline small_mobilenet_v2   # its baseline: 1 epoch on 10k images
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ LOG = logging.getLogger("zero_shot")
 
 METHODS = ("none", "BN recal", "reconstruct", "reconstruct + BN recal")
 QUICK_IMAGES = 2000
+# --quick-baseline MODEL: that model's baseline trained briefly (its own cache entry), where the recipe's full
+# training does not fit the time at hand; the table says so.
+QUICK_BASELINE = ("data.train_subset=10000", "baseline.train.epochs=1")
 
 
 def _top1(model: torch.nn.Module, loader: Any) -> float:
@@ -104,19 +108,20 @@ def _errors(details: dict[str, Any]) -> str:
 
 
 def run(*, models: list[str], targets: list[float], separable: float, groups: int, quick: bool, bn_batches: int,
-        verbose: bool) -> tuple[list[list[Any]], dict]:
+        verbose: bool, quick_baselines: tuple[str, ...] = ()) -> tuple[list[list[Any]], dict]:
     """Rows of the table (model, transform, recovery, top-1, MACs fraction, seconds, layer errors) and facts."""
     from compress.transforms.prune.pruner import count_macs_params
 
     rows: list[list[Any]] = []
     facts: dict[str, Any] = {"baseline": {}, "unchanged": []}
     for key in models:
-        setup = load_setup(key, stage_images=QUICK_IMAGES if quick else None, verbose=verbose)
+        overrides = QUICK_BASELINE if key in quick_baselines else ()
+        setup = load_setup(key, stage_images=QUICK_IMAGES if quick else None, verbose=verbose, overrides=overrides)
         test, calib, baseline = setup.stage_test, setup.data.calib, setup.baseline
         macs0 = count_macs_params(baseline, setup.example)[0]
         rows.append([key, "baseline", "—", f"{100 * _top1(baseline, test):.2f}%", "1.000", "—", "—"])
         facts.update(test_images=len(test.dataset), calib_images=len(calib.dataset))
-        facts["baseline"][key] = setup.origin["source"]
+        facts["baseline"][key] = setup.origin["source"] + (f" (quick: {', '.join(overrides)})" if overrides else "")
         for label, transformed in transforms(setup, targets=targets, separable=separable, groups=groups):
             if transformed is None:
                 facts["unchanged"].append(f"{key}: {label}")
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--separable", type=float, default=0.6, help="macs_target of the separable rewrite")
     p.add_argument("--groups", type=int, default=2, help="groups of the grouped rewrite")
     p.add_argument("--quick", action="store_true", help=f"top-1 on the first {QUICK_IMAGES} test images")
+    p.add_argument("--quick-baseline", nargs="+", default=[], choices=list(MODELS), metavar="MODEL",
+                   help=f"train these baselines with {' '.join(QUICK_BASELINE)} instead of their recipe's schedule")
     p.add_argument("--bn-batches", type=int, default=16, help="calibration batches for BN re-calibration")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--out", default=str(RESULTS / "zero_shot.md"), help="where the Markdown goes")
@@ -150,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = context(command)
     began = time.perf_counter()
     rows, facts = run(models=args.models, targets=args.targets, separable=args.separable, groups=args.groups,
-                      quick=args.quick, bn_batches=args.bn_batches, verbose=args.verbose)
+                      quick=args.quick, bn_batches=args.bn_batches, verbose=args.verbose,
+                      quick_baselines=tuple(args.quick_baseline))
     table = md_table(["model", "transform", "recovery", "top-1", "MACs after", "seconds",
                       "layer error before -> after"], rows)
     origins = ", ".join(f"{k} from {v}" for k, v in facts["baseline"].items())

@@ -24,7 +24,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ...config import Config, check
+from ...config import check
 from ...recipe.registry import register_step
 from ...records import StepDetails
 from ...jsonable import jsonable
