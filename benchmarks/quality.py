@@ -92,10 +92,13 @@ def _head(loader: DataLoader, images: int | None) -> DataLoader:
     return DataLoader(Subset(loader.dataset, range(images)), batch_size=loader.batch_size, shuffle=False)
 
 
-def load_setup(key: str, *, seed: int = 0, stage_images: int | None = None, verbose: bool = False) -> Setup:
+def load_setup(key: str, *, seed: int = 0, stage_images: int | None = None, verbose: bool = False,
+               overrides: tuple[str, ...] = ()) -> Setup:
     """Build the data and obtain the cached (or freshly trained) baseline exactly as ``compress.run`` does.
 
     ``stage_images``: evaluate intermediate stages and the importance probe on this many images only.
+    ``overrides``: ``--set``-style ``path=value`` edits of the model's recipe (e.g. a shorter baseline training,
+    which is then cached under its own key).
     """
     from compress.baseline import obtain_baseline
     from compress.data import build_data
@@ -103,7 +106,7 @@ def load_setup(key: str, *, seed: int = 0, stage_images: int | None = None, verb
     from compress.recipe.schema import load_recipe
 
     path = MODELS[key][0]
-    recipe = load_recipe(str(Path(__file__).resolve().parents[1] / path) if path else None)
+    recipe = load_recipe(str(Path(__file__).resolve().parents[1] / path) if path else None, overrides=overrides)
     seed_everything(recipe.seed)
     data = build_data(recipe.data, seed=recipe.seed)
     baseline, origin = obtain_baseline(recipe.model, recipe.data, recipe.baseline.train, data,

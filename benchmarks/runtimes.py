@@ -49,10 +49,12 @@ HEADER = ("runtime", "version", "batch", "model", "MMACs", "median ms", "IQR ms"
 
 def default_models(*, size: int, seed: int, macs_target: float | None = None,
                    round_to: tuple[int, ...] = ()) -> tuple[dict[str, nn.Module], torch.Tensor, dict]:
-    """``({"full", "pruned", "pruned-rN"...: model}, example_inputs (1, C, size, size), facts)`` from the default
-    recipe; ``pruned-rN`` is pruned with ``round_to=N`` (widths multiples of N)."""
+    """``({"full", "pruned", "pruned-rN"...: model}, example_inputs (1, C, size, size), facts)``: the default
+    recipe's model, pruned as ``recipes/prune50_fmnist.yaml`` prunes it (the default recipe itself now plans
+    widths for a runtime); ``pruned-rN`` is pruned with ``round_to=N`` (widths multiples of N)."""
     recipe = load_recipe(None)
-    step = next(s.config for s in recipe.steps if s.name == "prune")
+    prune_recipe = load_recipe(str(Path(__file__).resolve().parents[1] / "recipes" / "prune50_fmnist.yaml"))
+    step = next(s.config for s in prune_recipe.steps if s.name == "prune")
     target = macs_target if macs_target is not None else step.macs_target
     seed_everything(seed)
     full = build_model(recipe.model).eval()

@@ -21,7 +21,8 @@ def test_unknown_public_name():
 
 
 def test_every_step_is_registered():
-    assert set(list_steps()) == {"analyze", "prune", "rewrite", "drop", "plan", "calibrate", "finetune", "report"}
+    assert set(list_steps()) == {"analyze", "prune", "rewrite", "drop", "reconstruct", "plan", "calibrate", "finetune",
+                                "report"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])

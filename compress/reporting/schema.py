@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "REPORT_SCHEMA", "SchemaError", "validate", "schema_errors"]
+__all__ = ["SCHEMA_VERSION", "REPORT_SCHEMA", "SchemaError", "validate", "schema_errors", "BEFORE_RECONSTRUCTION"]
 
 SCHEMA_VERSION = "1.2"  # 1.1: latency rows per runtime, the runtimes timed, the model.onnx record; 1.2: artifacts
+
+# A step's details key (the field of compress.transforms.reconstruct.step.Reconstruction): top-1 measured after the
+# step's transform and before its least-squares reconstruction (the step's metrics are measured after it).
+BEFORE_RECONSTRUCTION = "top1_before_reconstruction"
 
 _NUM = {"type": ["number", "null"]}
 _INT = {"type": ["integer", "null"], "minimum": 0}
@@ -28,8 +32,13 @@ def _obj(required: list[str], props: dict[str, Any], *, extra: bool | dict = Tru
     return {"type": "object", "required": required, "properties": props, "additionalProperties": extra}
 
 
+_RECONSTRUCTED = _obj(["layer", "fitted", "status"], {"layer": _STR, "fitted": _STR, "status": _STR, "rows": _INT,
+                                                      "error_before": _NUM, "error_after": _NUM})
 _STEP = _obj(["name", "kind", "metrics", "details"],
-             {"name": _STR, "kind": _STR, "metrics": _METRICS, "details": {"type": "object"}})
+             {"name": _STR, "kind": _STR, "metrics": _METRICS,
+              "details": {"type": "object", "properties": {
+                  "reconstruction": {"type": ["array", "null"], "items": _RECONSTRUCTED},
+                  BEFORE_RECONSTRUCTION: _NUM}}})
 _LATENCY_ROW = _obj(
     ["device", "dtype", "batch", "channels_last", "baseline_ms", "compressed_ms", "baseline_iqr_ms",
      "compressed_iqr_ms", "ratio", "verdict"],

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fmt
+from .schema import BEFORE_RECONSTRUCTION
 
 __all__ = ["Section", "sections", "verdict_lines", "slower_lines"]
 
@@ -47,9 +48,16 @@ def _steps(r: dict[str, Any]) -> Section:
     rows = []
     for s in r["steps"]:
         m = s["metrics"]
+        before = (s.get("details") or {}).get(BEFORE_RECONSTRUCTION)
+        if before is not None:  # same structure as after it: params and MACs are the step's
+            rows.append([f"{s['name']} (before reconstruction)", s["kind"], fmt.pct(before), "-", "-",
+                         fmt.count(m.get("params")), fmt.count(m.get("macs")), "-"])
         rows.append([s["name"], s["kind"], fmt.pct(m.get("top1")), fmt.pct(m.get("top5")), fmt.pct(m.get("agreement")),
                      fmt.count(m.get("params")), fmt.count(m.get("macs")), fmt.num(m.get("seconds"))])
     lines = [] if rows else ["No steps recorded."]
+    if any((s.get("details") or {}).get(BEFORE_RECONSTRUCTION) is not None for s in r["steps"]):
+        lines.append("A step that ran least-squares reconstruction has a row with its top-1 before it; its own "
+                     "row is measured after it.")
     return Section("Steps (accuracy after each)", lines,
                    ["step", "kind", "top-1", "top-5", "agreement", "params", "MACs", "seconds"], rows)
 

@@ -4,6 +4,7 @@ Example::
 
     - drop: {max_error: 0.05, max_blocks: 2}      # the blocks that lose <= 5% of their output energy
     - drop: {blocks: [layer1.1, layer3.1]}        # these blocks
+    - drop: {max_error: 0.05, reconstruct: true}  # then refit the layers towards the original
 
 Each block's drop error (the fraction of its output energy lost when it becomes the identity) is measured on
 calibration batches with every block in place, before any is dropped (:func:`~compress.transforms.blocks.drop.
@@ -18,7 +19,7 @@ from typing import Any
 from ...config import Config, check
 from ...errors import ConfigError
 from ...recipe.registry import register_step
-from ...records import StepDetails
+from ..reconstruct.step import Reconstruction, reconstruct_in_step
 
 __all__ = ["DropStep", "drop_step"]
 
@@ -31,13 +32,16 @@ class DropStep(Config):
         blocks: qualified names of the blocks to drop; empty: choose them by ``max_error``.
         max_error: drop every droppable block whose measured drop error is at most this, lowest first.
         max_blocks: drop at most this many of those (``null``: no limit).
-        calib_batches: calibration batches the errors are measured on.
+        calib_batches: calibration batches the errors are measured on (and, with ``reconstruct``, fitted on).
+        reconstruct: after dropping, refit the remaining layers towards the original by least squares
+            (:mod:`compress.transforms.reconstruct.step`).
     """
 
     blocks: tuple[str, ...] = ()
     max_error: float | None = None
     max_blocks: int | None = None
     calib_batches: int = 8
+    reconstruct: bool = False
 
     def validate(self) -> None:
         if bool(self.blocks) == (self.max_error is not None):
@@ -58,8 +62,9 @@ def choose_blocks(errors: dict[str, float], *, max_error: float, max_blocks: int
 
 
 @dataclasses.dataclass(frozen=True)
-class DropDetails(StepDetails):
-    """What the ``drop`` step measured and did.
+class DropDetails(Reconstruction):
+    """What the ``drop`` step measured and did (and, with ``reconstruct: true``, the :class:`Reconstruction`
+    fields).
 
     Attributes:
         errors: per droppable block, the relative output energy it loses when replaced by the identity
@@ -86,5 +91,8 @@ def drop_step(ctx: Any, cfg: DropStep) -> DropDetails:
     dropped = drop_blocks(ctx.model, chosen) if chosen else []
     if dropped:
         ctx.analysis = None  # the analysis describes layers that are gone
-    return DropDetails(errors={n: round(e, 6) for n, e in errors.items()}, dropped=dropped,
-                       analysis_invalidated=bool(dropped))
+    details = DropDetails(errors={n: round(e, 6) for n, e in errors.items()}, dropped=dropped,
+                          analysis_invalidated=bool(dropped))
+    if cfg.reconstruct:
+        details = dataclasses.replace(details, **reconstruct_in_step(ctx, batches, kind="drop", details=details))
+    return details

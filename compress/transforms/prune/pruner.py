@@ -78,6 +78,8 @@ class PruneResult:
         time_budget_s: the wall-clock budget the call ran under (``None``: none).
         peak_rss_bytes: highest resident set size of the process during the call (see :mod:`.budget`).
         peak_increase_bytes: how far the call raised it above its start.
+        kept: for every conv / linear whose width changed, the indices (in the model as it was before this call)
+            of its remaining output channels, in their current order (``ChannelOrigins.index``).
     """
 
     macs_before: int
@@ -100,6 +102,7 @@ class PruneResult:
     time_budget_s: float | None = None
     peak_rss_bytes: int | None = None
     peak_increase_bytes: int | None = None
+    kept: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def macs_fraction(self) -> float:
@@ -427,4 +430,5 @@ def _prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | Non
     shortfall = round(macs1 / max(macs0, 1) - macs_target, 6) if met is False else None
     return PruneResult(macs0, macs1, params0, params1, dict(origins.initial), _widths(model, origins.index), dead,
                        steps, applied, macs_target, met, importance, sorted(n for n in ignored if n in origins.index),
-                       prepared, shortfall=shortfall, skipped=list(pruner.skipped.values()))
+                       prepared, shortfall=shortfall, skipped=list(pruner.skipped.values()),
+                       kept={n: t.tolist() for n, t in origins.index.items() if t.numel() != origins.initial[n]})

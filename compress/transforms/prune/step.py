@@ -7,18 +7,19 @@ Example (YAML)::
         importance: l2          # l1 | l2 | bn | taylor | activation | apoz | redundancy
         ignored_layers: ["layer4.*"]
         per_layer: {"layer1.*": 0.1}
+        reconstruct: true       # then refit the layers towards the original on the calib batches
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
 from ...config import Config, check
 from ...recipe.registry import register_step
-from ...records import StepDetails
 from ...jsonable import jsonable
+from ..reconstruct.step import Reconstruction, reconstruct_in_step
 from .layer_roles import unknown_layers
 from .pruner import TIME_BUDGET_S, PruneResult, prune
 
@@ -45,6 +46,8 @@ class PruneStep(Config):
             of the val split (held out from the analysis) measure the removal's error on new inputs.
         time_budget_s: wall-clock budget of the step in seconds (null: unlimited); on expiry the step fails naming
             the layer torch-pruning was working on.
+        reconstruct: after pruning, refit the layers towards the original by least squares on the same
+            calibration batches (:mod:`compress.transforms.reconstruct.step`).
     """
 
     ratio: float | None = None
@@ -58,6 +61,7 @@ class PruneStep(Config):
     max_steps: int = 10
     calib_batches: int = 4
     time_budget_s: float | None = TIME_BUDGET_S
+    reconstruct: bool = False
 
     def validate(self) -> None:
         check(self.ratio is None or 0.0 < self.ratio < 1.0, "ratio", "a channel ratio in (0, 1) or null", self.ratio)
@@ -78,8 +82,8 @@ class PruneStep(Config):
 
 
 @dataclass(frozen=True)
-class PruneDetails(StepDetails):
-    """What the ``prune`` step did.
+class PruneDetails(Reconstruction):
+    """What the ``prune`` step did (and, with ``reconstruct: true``, the :class:`Reconstruction` fields).
 
     Attributes:
         result: the pruning result (MACs, params and widths before/after, dead channels, target met).
@@ -93,7 +97,7 @@ class PruneDetails(StepDetails):
 
     def to_plain(self) -> dict[str, Any]:
         return {**jsonable(self.result.to_dict()), "unknown_layers": list(self.unknown_layers),
-                "analysis_invalidated": self.analysis_invalidated}
+                "analysis_invalidated": self.analysis_invalidated, **self.reconstruction_plain()}
 
 
 @register_step("prune", PruneStep, PruneDetails)
@@ -109,4 +113,7 @@ def prune_step(ctx: Any, cfg: PruneStep) -> PruneDetails:
     if invalidated:
         # the analysis numbers channels of the model it measured; after pruning it would point at wrong channels
         ctx.analysis = None
-    return PruneDetails(result, unknown_layers=unknown_layers(ctx.model), analysis_invalidated=invalidated)
+    details = PruneDetails(result, unknown_layers=unknown_layers(ctx.model), analysis_invalidated=invalidated)
+    if cfg.reconstruct:
+        details = replace(details, **reconstruct_in_step(ctx, calib, kind="prune", details=details))
+    return details

@@ -5,8 +5,8 @@ there). In the compressed model that name holds
 
 * the same kind of layer, or
 * a rewrite's ``nn.Sequential`` whose last conv / linear produces its output, possibly through trailing
-  :class:`~compress.transforms.modules.ChannelPermute` modules (separable, bottleneck, grouped rewrites): that
-  last layer is fitted, its channels mapped through the permutes.
+  :class:`~compress.transforms.modules.ChannelPermute` modules (separable, bottleneck, grouped rewrites) or the
+  ``nn.Identity`` an absorbed permute leaves: that last layer is fitted, its channels mapped through the permutes.
 
 Each output channel of the name is then matched to an original channel (the "origins"), first of these that
 applies:
@@ -64,9 +64,10 @@ def _tail(module: nn.Module) -> tuple[str, torch.Tensor | None] | None:
         return None
     children = list(module.named_children())
     source = None
-    while children and isinstance(children[-1][1], ChannelPermute):
-        perm = children.pop()[1].perm.cpu()
-        source = perm if source is None else source[perm]  # out[:, j] = x[:, perm[j]]
+    while children and isinstance(children[-1][1], (ChannelPermute, nn.Identity)):  # Identity: an absorbed permute
+        last = children.pop()[1]
+        if isinstance(last, ChannelPermute):
+            source = last.perm.cpu() if source is None else source[last.perm.cpu()]  # out[:, j] = x[:, perm[j]]
     if not children or type(children[-1][1]) not in _LINEAR:
         return None
     return children[-1][0], source

@@ -6,6 +6,7 @@ Example::
         kind: separable
         layers: ["layer3.*", "layer4.*"]
         macs_target: 0.6
+        reconstruct: true     # then refit the layers towards the original on the calib batches
 
 Accuracy after the step is recorded by the runner; BatchNorm re-calibration and fine-tuning are separate steps.
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ...config import Config, check, join_path, parse, parse_fields
 from ...errors import CompressError, ConfigError
 from ...recipe.registry import register_step
-from ...records import StepDetails
+from ..reconstruct.step import Reconstruction, reconstruct_in_step
 from .registry import KindOptions, config_for_kind, kinds
 from .selection import LayerSelection
 
@@ -37,6 +38,8 @@ class RewriteStep(Config):
         min_channels: convs with fewer input or output channels are left alone.
         calib_batches: calibration batches whose input patch statistics make data-aware kinds (separable:
             the factorisation, ``max_error`` and ``macs_target``) use the expected output error; 0: data-free.
+        reconstruct: after the rewrite, refit the layers towards the original by least squares on
+            ``calib_batches`` calibration batches (:mod:`compress.transforms.reconstruct.step`; needs >= 1).
         options: the kind's options (its ``Options`` class, e.g. separable ``T`` / ``max_error`` /
             ``macs_target``, grouped ``groups`` / ``energy_threshold``), given in the recipe beside ``kind``.
     """
@@ -46,11 +49,14 @@ class RewriteStep(Config):
     exclude: tuple[str, ...] = ()
     min_channels: int = 16
     calib_batches: int = 8
+    reconstruct: bool = False
     options: KindOptions | None = None
 
     def validate(self) -> None:
         check(self.kind in kinds(), "kind", "one of " + ", ".join(repr(k) for k in kinds()), self.kind)
         check(self.calib_batches >= 0, "calib_batches", "an integer >= 0", self.calib_batches)
+        check(not self.reconstruct or self.calib_batches >= 1, "calib_batches",
+              "an integer >= 1 when reconstruct is true", self.calib_batches)
         self.selection()  # min_channels and the patterns: the selection's own checks and wording
 
     def selection(self) -> LayerSelection:
@@ -94,8 +100,8 @@ def _calibration(ctx: Any, cfg: RewriteStep) -> list[Any] | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class RewriteDetails(StepDetails):
-    """What the ``rewrite`` step did.
+class RewriteDetails(Reconstruction):
+    """What the ``rewrite`` step did (and, with ``reconstruct: true``, the :class:`Reconstruction` fields).
 
     Attributes:
         layers: one :class:`~compress.transforms.rewrite.apply.RewriteRecord` per conv considered (rewritten
@@ -129,4 +135,8 @@ def run_rewrite(ctx: Any, cfg: RewriteStep) -> RewriteDetails:
     refused = [f"{r.layer}: {r.skipped}" for r in records if r.skipped and r.layer in named]
     if refused:
         raise CompressError("layers: cannot rewrite the named layer(s): " + "; ".join(refused))
-    return RewriteDetails(layers=list(records), unknown_layers=unknown_layers(ctx.model))
+    details = RewriteDetails(layers=list(records), unknown_layers=unknown_layers(ctx.model))
+    if cfg.reconstruct:
+        details = dataclasses.replace(details, **reconstruct_in_step(ctx, ctx.calibration(cfg.calib_batches),
+                                                                     kind="rewrite", details=details))
+    return details

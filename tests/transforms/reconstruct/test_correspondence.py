@@ -50,6 +50,8 @@ def test_pairings_of_plain_pruned_compound_and_foreign_layers():
     p = _pair(model, original, "head")
     assert p.fitted == "head.conv" and p.assumed
     assert torch.equal(p.channels[perm], torch.arange(4))  # conv channel perm[j] targets original channel j
+    model.head = nn.Sequential(OrderedDict(conv=nn.Conv2d(8, 4, 1), permute_out=nn.Identity()))  # absorbed
+    assert _pair(model, original, "head").fitted == "head.conv"
     model.head = nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU())
     assert "not one conv" in _pair(model, original, "head").reason
     model.head = nn.Linear(8, 4)
