@@ -38,16 +38,21 @@ _API = {
     # latency-aware planning
     "plan": "compress.planning",
     "PlanOptions": "compress.planning",
+    "PruneConfig": "compress.transforms.prune",
+    "LayerSelection": "compress.transforms.rewrite.selection",
     "apply_plan": "compress.planning",
     # training
     "fit": "compress.training",
     "calibrate_bn": "compress.training",
     "TrainConfig": "compress.training",
     "DistillConfig": "compress.training",
+    "Teacher": "compress.training",
+    "Checkpoint": "compress.training",
     # measurement
     "cost": "compress.measurement",
     "latency": "compress.measurement",
     "compare_latency": "compress.measurement",
+    "TimingOptions": "compress.measurement.latency",
     "evaluate": "compress.measurement",
     # saving
     "save": "compress.serialization",

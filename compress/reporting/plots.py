@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 
 from ..io import atomic_write
 
-__all__ = ["plot_layer_macs", "plot_layer_latency", "plot_accuracy_vs_macs", "plot_accuracy_vs_latency"]
+__all__ = ["plot_layer_macs", "plot_layer_latency", "plot_accuracy_vs_macs", "plot_accuracy_vs_latency",
+           "plot_training"]
 
 _DPI = 100
 
@@ -92,3 +93,32 @@ def plot_accuracy_vs_latency(report: dict[str, Any], path: Path) -> Path | None:
     points = [("baseline", row["baseline_ms"], b["top1"]), ("final", row["compressed_ms"], f["top1"])]
     return _scatter(points, path, xlabel="ms per batch (median)",
                     title=f"Accuracy vs latency, {row['device']} {row['dtype']} batch {row['batch']}")
+
+
+def plot_training(report: dict[str, Any], path: Path) -> Path | None:
+    """Training loss per optimizer step of every fine-tune (and val accuracy per epoch on a second axis)."""
+    curves = [(s["name"], s["details"]["curve"]) for s in report["steps"]
+              if s["kind"] == "finetune" and (s.get("details") or {}).get("curve", {}).get("loss")]
+    if not curves:
+        return None
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    acc = None
+    for name, c in curves:
+        ax.plot(c["step"], c["loss"], label=f"{name} loss")
+        ends, total = [], 0
+        for e in c["epochs"]:  # each epoch's last optimizer step (its "steps" counts the epoch's own)
+            total += e.get("steps") or 0
+            ends.append((total, e.get("val_acc")))
+        points = [(step, 100 * a) for step, a in ends if a is not None]
+        if points:
+            acc = acc or ax.twinx()
+            acc.plot([p[0] for p in points], [p[1] for p in points], "o--", label=f"{name} val top-1")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Fine-tuning")
+    ax.legend(loc="upper left")
+    if acc is not None:
+        acc.set_ylabel("val top-1 (%)")
+        acc.legend(loc="upper right")
+    return _save(fig, path)

@@ -9,7 +9,8 @@ from ..io import atomic_write_json, atomic_write_text
 from .analysis_plots import write_analysis_plots
 from .html import image_sources, render_html
 from .markdown import render_markdown
-from .plots import plot_accuracy_vs_latency, plot_accuracy_vs_macs, plot_layer_latency, plot_layer_macs
+from .plots import (plot_accuracy_vs_latency, plot_accuracy_vs_macs, plot_layer_latency, plot_layer_macs,
+                    plot_training)
 from .schema import validate
 
 __all__ = ["write_report", "PLOT_DIR"]
@@ -20,7 +21,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _report_plots(report: dict[str, Any], plot_dir: Path) -> list[Path]:
     makers = [(plot_layer_macs, "layer_macs.png"), (plot_layer_latency, "layer_latency.png"),
-              (plot_accuracy_vs_macs, "accuracy_vs_macs.png"), (plot_accuracy_vs_latency, "accuracy_vs_latency.png")]
+              (plot_accuracy_vs_macs, "accuracy_vs_macs.png"), (plot_accuracy_vs_latency, "accuracy_vs_latency.png"),
+              (plot_training, "training.png")]
     written = [make(report, plot_dir / name) for make, name in makers]
     return [p for p in written if p is not None]
 

@@ -55,6 +55,9 @@ class CalibrateStep(Config):
         check(self.max_batches >= 1, "max_batches", "an integer >= 1", self.max_batches)
 
 
+CURVE_POINTS = 200  # training-loss points per fine-tune kept in report.json (the CSV keeps every step)
+
+
 @dataclass(frozen=True)
 class FinetuneDetails(StepDetails):
     """What the ``finetune`` step trained.
@@ -71,7 +74,11 @@ class FinetuneDetails(StepDetails):
     curves: str | None = None
 
     def to_plain(self) -> dict[str, Any]:
-        return {"distill": self.distill, "curves": self.curves, **jsonable(self.history.summary())}
+        h = self.history
+        stride = max(1, len(h.step_loss) // CURVE_POINTS)  # the report keeps the curve's shape, the CSV every step
+        curve = {"step": list(range(1, len(h.step_loss) + 1, stride)), "loss": h.step_loss[::stride],
+                 "epochs": [{k: e.get(k) for k in ("epoch", "steps", "loss", "val_acc")} for e in h.epochs]}
+        return {"distill": self.distill, "curves": self.curves, "curve": jsonable(curve), **jsonable(h.summary())}
 
 
 @dataclass(frozen=True)

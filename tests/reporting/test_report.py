@@ -195,3 +195,17 @@ def test_cuda_rows_fp32_and_bf16_channels_last(tiny_ctx):
     assert all(r["channels_last"] and r["compressed_ms"] > 0 for r in cuda)
     assert len(out.verdicts) == 6 and all(v in md for v in out.verdicts)
     _assert_images_are_pngs(tiny_ctx, html)
+
+
+def test_training_curve_is_plotted_from_the_finetune_record(tiny_ctx):
+    from compress.recipe.registry import get_step
+
+    step = get_step("finetune")
+    details = step.handler(tiny_ctx, parse(step.config, {"steps": 6, "distill": None}))
+    tiny_ctx.record("finetune", details, measure=False)
+    report_step(tiny_ctx, parse(ReportStep, {"latency": False, "artifacts": False}))
+    report, md, html = _files(tiny_ctx)
+    curve = report["steps"][-1]["details"]["curve"]
+    assert curve["loss"] == pytest.approx(details.history.step_loss) and curve["step"] == list(range(1, 7))
+    assert "plots/training.png" in report["plots"] and "training.png" in html
+

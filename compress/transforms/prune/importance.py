@@ -15,12 +15,11 @@ import torch_pruning as tp
 from torch import nn
 
 from ...errors import CompressError
+from .config import IMPORTANCES, NEEDS_ANALYSIS
 from .tp_compat import ChannelOrigins, out_channel_items
 
 __all__ = ["IMPORTANCES", "NEEDS_ANALYSIS", "make_importance", "AnalysisScore", "DeadFirst", "Fallback"]
 
-IMPORTANCES = ("l1", "l2", "bn", "taylor", "activation", "apoz", "redundancy")
-NEEDS_ANALYSIS = ("activation", "apoz", "redundancy")
 
 Scores = Callable[[str, torch.Tensor], "torch.Tensor | None"]
 

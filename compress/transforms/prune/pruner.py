@@ -21,6 +21,7 @@ the layer (:mod:`.where`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,12 +33,13 @@ import torch_pruning as tp
 from torch import nn
 from tqdm import tqdm
 
-from ...errors import CompressError
+from ...errors import CompressError, ConfigError
 from ...modes import evaluating, restore_training
 from .budget import TimeBudget, protected
 from .dead import DeadReport, remove_dead_channels
 from .guard import GroupGuard, SkippedGroup
-from .importance import IMPORTANCES, NEEDS_ANALYSIS, DeadFirst, make_importance
+from .config import NEEDS_ANALYSIS, TIME_BUDGET_S, PruneConfig
+from .importance import DeadFirst, make_importance
 from .layer_roles import layer_width, locked_layers, output_layers
 from .tp_compat import (GRAPH_BUILDING, GRAPH_HINT, ChannelOrigins, build_graph, customized_pruners, link_index_maps,
                         order_split_outputs, replay_history, swap_shufflenet_blocks, traceable)
@@ -48,7 +50,6 @@ __all__ = ["PruneResult", "prune", "count_macs_params", "STEP", "MAX_RATIO", "MA
 STEP = 0.1  # channel-ratio increase per iterative step towards a MACs target
 MAX_RATIO = 0.95  # never ask for more than this channel ratio
 MACS_TOL = 0.02  # the MACs target is met when MACs are in [(1 - MACS_TOL) * target, target]
-TIME_BUDGET_S = 120.0  # default wall-clock budget of one prune() call
 _MAX_BISECT = 12
 _BUDGET_HINT = ("put that layer (or its block) in ignored_layers, trace with a smaller example input "
                 "(e.g. 1x3x64x64), or raise time_budget_s")
@@ -132,34 +133,31 @@ def _widths(model: nn.Module, names: Iterable[str]) -> dict[str, int]:
     return {name: layer_width(model.get_submodule(name)) for name in names}
 
 
-def _validate(ratio: float | None, macs_target: float | None, importance: str, analysis: Any, calib: Any,
-              round_to: int | None, per_layer: Mapping[str, float] | None, max_steps: int, dead_tol: float,
-              remove_dead: bool) -> None:
-    if ratio is not None and not 0.0 < ratio < 1.0:
-        raise CompressError(f"prune.ratio: expected a channel ratio in (0, 1), got {ratio!r}")
-    if macs_target is not None and not 0.0 < macs_target <= 1.0:
-        raise CompressError("prune.macs_target: expected a fraction of the original MACs in (0, 1], "
-                            f"got {macs_target!r}")
-    if ratio is not None and macs_target is not None:
-        raise CompressError("prune: give either ratio or macs_target, not both")
-    if ratio is None and macs_target is None and not per_layer and not (remove_dead and analysis is not None):
+def _config(config: PruneConfig | None, options: dict[str, Any]) -> PruneConfig:
+    """``config``, or the config the keyword ``options`` name; errors read ``prune.FIELD: expected ...``."""
+    if config is not None and options:
+        raise CompressError(f"prune: give a PruneConfig or {', '.join(options)}, not both")
+    if config is not None:
+        return config
+    known = {f.name for f in dataclasses.fields(PruneConfig)}
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise CompressError(f"prune: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
+    try:
+        return PruneConfig(**options)
+    except ConfigError as err:
+        raise CompressError(str(err.located(prefix="prune"))) from None
+
+
+def _check_context(c: PruneConfig, analysis: Any, calib: Any) -> None:
+    """What the config alone cannot tell: whether the analysis and calibration data it needs were given."""
+    if c.ratio is None and c.macs_target is None and not c.per_layer and analysis is None:
         raise CompressError("prune: nothing to do; give ratio, macs_target or per_layer "
                             "(or remove_dead with an analysis)")
-    if importance not in IMPORTANCES:
-        raise CompressError(f"prune.importance: expected one of {', '.join(IMPORTANCES)}, got {importance!r}")
-    if importance in NEEDS_ANALYSIS and analysis is None:
-        raise CompressError(f"prune.importance: {importance!r} needs an analysis (run an 'analyze' step first)")
-    if importance == "taylor" and not calib:
+    if c.importance in NEEDS_ANALYSIS and analysis is None:
+        raise CompressError(f"prune.importance: {c.importance!r} needs an analysis (run an 'analyze' step first)")
+    if c.importance == "taylor" and not calib:
         raise CompressError("prune.importance: 'taylor' needs calibration batches (calib)")
-    if round_to is not None and round_to < 1:
-        raise CompressError(f"prune.round_to: expected an integer >= 1 or null, got {round_to!r}")
-    for pattern, value in (per_layer or {}).items():
-        if not 0.0 <= value < 1.0:
-            raise CompressError(f"prune.per_layer.{pattern}: expected a channel ratio in [0, 1), got {value!r}")
-    if max_steps < 1:
-        raise CompressError(f"prune.max_steps: expected an integer >= 1, got {max_steps!r}")
-    if dead_tol < 0:
-        raise CompressError(f"prune.dead_tol: expected a number >= 0, got {dead_tol!r}")
 
 
 def _match(patterns: Iterable[Any], model: nn.Module, field_name: str) -> set[str]:
@@ -340,34 +338,24 @@ def _prepare(model: nn.Module) -> list[str]:
     return [f"{swapped} ShuffleNetV2 blocks -> ShuffleV2Block (module channel shuffle)"] if swapped else []
 
 
-def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None = None,
-          macs_target: float | None = None, importance: str = "l2", analysis: Any = None, calib: Any = None,
-          remove_dead: bool = True, dead_tol: float = 1e-4, round_to: int | None = None,
-          ignored_layers: Collection[str | nn.Module] = (), per_layer: Mapping[str, float] | None = None,
-          max_steps: int = 10, held_out: Any = None, time_budget_s: float | None = TIME_BUDGET_S,
-          verbose: bool = False) -> PruneResult:
+def prune(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig | None = None, *,
+          analysis: Any = None, calib: Any = None, held_out: Any = None, verbose: bool = False,
+          **options: Any) -> PruneResult:
     """Prune output channels of ``model`` in place, keeping every dependency consistent (torch-pruning).
 
     Args:
         model: the network; mutated in place (and its ShuffleNetV2 blocks swapped for traceable ones).
         example_inputs: one batch for tracing and MACs counting, shape ``(1, C, H, W)``, on the model's device.
-        ratio: uniform channel ratio in ``(0, 1)`` removed from every prunable group (relative to original widths).
-        macs_target: instead of ``ratio``, prune until MACs are at most this fraction ``(0, 1]`` of the original.
-        importance: one of :data:`compress.transforms.prune.importance.IMPORTANCES`.
+        config: what to prune (:class:`~compress.transforms.prune.config.PruneConfig`: ``ratio`` or
+            ``macs_target``, ``importance``, ``remove_dead``, ``round_to``, ``ignored_layers``, ``per_layer``,
+            ``dead_tol``, ``max_steps``, ``time_budget_s``); or give its fields as keyword ``options``
+            (``prune(model, x, ratio=0.3)``). On expiry of ``time_budget_s`` the group being pruned is rolled
+            back, groups already pruned stay pruned (the model runs), and a :class:`CompressError` names the layer
+            torch-pruning was working on.
         analysis: a :class:`compress.analysis.Analysis` (dead channels, per-channel statistics, correlations).
         calib: batches (tensors or ``(images, labels)``) used by ``taylor`` and to verify dead-channel folds.
-        remove_dead: remove the analysis' constant channels losslessly first.
-        dead_tol: largest relative output error accepted for a border-inexact dead-channel fold.
-        round_to: keep widths multiples of this (tp's ``round_to``).
-        ignored_layers: modules or fnmatch patterns of qualified names whose output channels stay.
-        per_layer: fnmatch pattern -> channel ratio, overriding ``ratio`` for matching layers (in a coupled group
-            the group's first layer decides).
-        max_steps: most steps towards ``macs_target``.
         held_out: batches (tensors or ``(images, labels)``) the analysis did not see, e.g. the val split: the
             dead-channel removal's output error is also measured on them (``result.dead.held_out_error``).
-        time_budget_s: wall-clock budget of the whole call in seconds (``None``: unlimited). On expiry the group
-            being pruned is rolled back, groups already pruned stay pruned (the model runs), and a
-            :class:`CompressError` names the layer torch-pruning was working on.
         verbose: show progress bars.
 
     Returns:
@@ -377,19 +365,21 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None
         CompressError: invalid arguments (ranges, unknown importance, patterns matching nothing, ...), the time
             budget ran out, or torch-pruning failed on the whole graph (the message names the layer).
     """
-    _validate(ratio, macs_target, importance, analysis, calib, round_to, per_layer, max_steps, dead_tol, remove_dead)
+    c = _config(config, options)
+    _check_context(c, analysis, calib)
+    time_budget_s = c.time_budget_s
     budget = TimeBudget(time_budget_s, what="prune", model=model, hint=_BUDGET_HINT)
-    result = budget.run(_prune, model, example_inputs, ratio=ratio, macs_target=macs_target, importance=importance,
-                        analysis=analysis, calib=calib, remove_dead=remove_dead, dead_tol=dead_tol,
-                        round_to=round_to, ignored_layers=ignored_layers, per_layer=per_layer, max_steps=max_steps,
-                        held_out=held_out, verbose=verbose)
+    result = budget.run(_prune, model, example_inputs, ratio=c.ratio, macs_target=c.macs_target,
+                        importance=c.importance, analysis=analysis, calib=calib, remove_dead=c.remove_dead,
+                        dead_tol=c.dead_tol, round_to=c.round_to, ignored_layers=c.ignored_layers,
+                        per_layer=c.per_layer, max_steps=c.max_steps, held_out=held_out, verbose=verbose)
     result.time_budget_s, result.seconds = time_budget_s, budget.usage.seconds
     result.peak_rss_bytes, result.peak_increase_bytes = budget.usage.peak_rss_bytes, budget.usage.peak_increase_bytes
     if result.target_met is False:
         skipped = f", {len(result.skipped)} groups skipped" if result.skipped else ""
-        warnings.warn(f"prune: MACs target {macs_target} not reached ({result.macs_fraction:.3f} of the original, "
+        warnings.warn(f"prune: MACs target {c.macs_target} not reached ({result.macs_fraction:.3f} of the original, "
                       f"{result.shortfall:.3f} short, after {result.steps} steps{skipped}); ignored layers, "
-                      f"skipped groups or max_steps={max_steps} limit it", stacklevel=2)
+                      f"skipped groups or max_steps={c.max_steps} limit it", stacklevel=2)
     return result
 
 

@@ -171,3 +171,18 @@ def test_stale_analysis_is_refused():
     analysis = FakeAnalysis(dead={"conv1": {40: DeadChannel("zero_gamma", 0.0)}})  # conv1 has 16 channels
     with pytest.raises(CompressError, match="re-run 'analyze'"):
         prune(TinyNet(), torch.randn(1, 3, 8, 8), ratio=0.3, analysis=analysis)
+
+
+def test_config_object_and_keyword_shorthand_prune_alike():
+    from compress.transforms.prune import PruneConfig
+
+    a, b = TinyNet(), TinyNet()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 8, 8)
+    ra = prune(a, x, ratio=0.25, round_to=2)
+    rb = prune(b, x, PruneConfig(ratio=0.25, round_to=2))
+    assert ra.channels_after == rb.channels_after and ra.macs_after == rb.macs_after
+    with pytest.raises(CompressError, match="not both"):
+        prune(TinyNet(), x, PruneConfig(ratio=0.25), ratio=0.3)
+    with pytest.raises(CompressError, match="unknown option 'rato'"):
+        prune(TinyNet(), x, rato=0.3)
