@@ -13,7 +13,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 from .errors import ConfigError
 
-__all__ = ["MAX_THREADS", "MAX_BATCH", "MAX_RUNS", "Config", "parse", "parse_fields", "check", "to_plain", "join_path"]
+__all__ = ["MAX_THREADS", "MAX_BATCH", "MAX_RUNS", "Config", "parse", "parse_fields", "check", "to_plain", "join_path",
+           "options_from"]
 
 T = TypeVar("T", bound="Config")
 
@@ -44,6 +45,34 @@ class Config:
         """``(key, value)`` pairs :func:`to_plain` writes, the inverse of :meth:`from_dict` (default: the
         fields)."""
         return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+
+def options_from(cls: type[Any], options: Any, shorthand: dict[str, Any], *, who: str) -> Any:
+    """``options`` (an instance of the dataclass ``cls``), or ``cls(**shorthand)`` from a function's keywords.
+
+    The one way a public function takes either a config object or its fields as keywords (``prune(model, x,
+    ratio=0.5)``); giving both, or a keyword that is not a field, is refused, and a field's bad value reads
+    ``WHO.FIELD: expected ..., got ...``.
+
+    Raises:
+        CompressError: both given or an unknown keyword; ConfigError (a CompressError) for a bad value.
+    """
+    from .errors import CompressError
+
+    if options is not None and shorthand:
+        raise CompressError(f"{who}: give {cls.__name__} or {', '.join(shorthand)}, not both")
+    if options is not None:
+        if not isinstance(options, cls):
+            raise CompressError(f"{who}: expected a {cls.__name__}, got {type(options).__name__}")
+        return options
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in shorthand if k not in known]
+    if unknown:
+        raise CompressError(f"{who}: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
+    try:
+        return cls(**shorthand)
+    except ConfigError as err:
+        raise err.located(prefix=who) from None
 
 
 def check(condition: bool, field: str, expected: str, got: Any) -> None:

@@ -68,3 +68,42 @@ def test_run_recipe_in_memory_model_and_data_keeps_the_report(tmp_path):
     assert all(torch.equal(v, untouched[k]) for k, v in mine.state_dict().items())
     assert all(p.requires_grad for p in mine.parameters())  # the caller's model is not frozen either
     assert ctx.model.layers[0][0].conv1.out_channels < mine.layers[0][0].conv1.out_channels
+
+
+def _public_callables():
+    """``(qualified name, function)`` of every public function and public method defined in ``compress``."""
+    import dataclasses
+    import importlib
+    import inspect
+    import pkgutil
+
+    for info in pkgutil.walk_packages(compress.__path__, "compress."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if inspect.isfunction(obj):
+                yield f"{info.name}.{name}", obj
+            elif inspect.isclass(obj):
+                members = [(k, v) for k, v in vars(obj).items() if inspect.isfunction(v) and not k.startswith("_")]
+                if not dataclasses.is_dataclass(obj) and "__init__" in vars(obj):
+                    members.append(("__init__", obj.__init__))  # a dataclass' fields are its config, not options
+                for k, v in members:
+                    yield f"{info.name}.{name}.{k}", v
+
+
+def test_no_public_function_takes_more_than_ten_parameters():
+    """Options travel as config objects: a function's own parameters (``**shorthand`` aside) stay at most 10."""
+    import inspect
+
+    too_many = {}
+    for name, fn in _public_callables():
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if len(params) > 10:
+            too_many[name] = len(params)
+    assert not too_many, too_many
+    names = [n for n, _ in _public_callables()]
+    assert "compress.transforms.reconstruct.layerwise.reconstruct" in names and len(names) > 100  # the walk sees them

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import MAX_THREADS
+from ..config import MAX_THREADS, options_from
 from ..errors import CompressError
 from .layer_latency import LayerLatency, layer_latency
 from .timing import (MIN_RUNS, Stats, as_dtype, cudnn_benchmark, dtype_name, make_batch, num_threads, prepare,
@@ -166,19 +166,6 @@ class TimingOptions:
         if self.warmup is not None and self.warmup < 0:
             raise CompressError(f"latency warmup: expected >= 0, got {self.warmup}")
 
-    @classmethod
-    def of(cls, options: "TimingOptions | None", shorthand: dict[str, Any]) -> "TimingOptions":
-        """``options``, or the options the keyword ``shorthand`` names (not both)."""
-        if options is not None and shorthand:
-            raise CompressError(f"latency: give TimingOptions or {', '.join(shorthand)}, not both")
-        if options is not None:
-            return options
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k for k in shorthand if k not in known]
-        if unknown:
-            raise CompressError(f"latency: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
-        return cls(**shorthand)
-
 
 def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor,
                     options: TimingOptions | None = None, *, verbose: bool = False, **shorthand: Any) -> "Comparison":
@@ -200,7 +187,7 @@ def compare_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor,
     """
     if not models:
         raise CompressError("compare_latency: expected at least one model, got none")
-    o = TimingOptions.of(options, shorthand)
+    o = options_from(TimingOptions, options, shorthand, who="latency")
     with num_threads(o.threads):
         if o.runtimes is not None:
             return _compare_runtimes(models, example_inputs, o.runtimes, device=o.device, batch_sizes=o.batch_sizes,
@@ -295,7 +282,7 @@ def _compare_runtimes(models: dict[str, nn.Module], example_inputs: torch.Tensor
 def latency(model: nn.Module, example_inputs: torch.Tensor, options: TimingOptions | None = None, *,
             verbose: bool = False, **shorthand: Any) -> LatencyResult:
     """Median and IQR of ms per forward for each batch size, in eager PyTorch (see :func:`compare_latency`)."""
-    o = TimingOptions.of(options, shorthand)
+    o = options_from(TimingOptions, options, shorthand, who="latency")
     if o.runtimes is not None:
         raise CompressError("latency: runtimes are compared with compare_latency (latency times eager PyTorch)")
     return compare_latency({"model": model}, example_inputs, o, verbose=verbose).results["model"]

@@ -33,7 +33,8 @@ import torch_pruning as tp
 from torch import nn
 from tqdm import tqdm
 
-from ...errors import CompressError, ConfigError
+from ...config import options_from
+from ...errors import CompressError
 from ...modes import evaluating, restore_training
 from .budget import TimeBudget, protected
 from .dead import DeadReport, remove_dead_channels
@@ -131,22 +132,6 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
 
 def _widths(model: nn.Module, names: Iterable[str]) -> dict[str, int]:
     return {name: layer_width(model.get_submodule(name)) for name in names}
-
-
-def _config(config: PruneConfig | None, options: dict[str, Any]) -> PruneConfig:
-    """``config``, or the config the keyword ``options`` name; errors read ``prune.FIELD: expected ...``."""
-    if config is not None and options:
-        raise CompressError(f"prune: give a PruneConfig or {', '.join(options)}, not both")
-    if config is not None:
-        return config
-    known = {f.name for f in dataclasses.fields(PruneConfig)}
-    unknown = [k for k in options if k not in known]
-    if unknown:
-        raise CompressError(f"prune: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
-    try:
-        return PruneConfig(**options)
-    except ConfigError as err:
-        raise CompressError(str(err.located(prefix="prune"))) from None
 
 
 def _check_context(c: PruneConfig, analysis: Any, calib: Any) -> None:
@@ -365,7 +350,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig | 
         CompressError: invalid arguments (ranges, unknown importance, patterns matching nothing, ...), the time
             budget ran out, or torch-pruning failed on the whole graph (the message names the layer).
     """
-    c = _config(config, options)
+    c = options_from(PruneConfig, config, options, who="prune")
     _check_context(c, analysis, calib)
     time_budget_s = c.time_budget_s
     budget = TimeBudget(time_budget_s, what="prune", model=model, hint=_BUDGET_HINT)

@@ -42,7 +42,7 @@ class FitOptions(Config):
         check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", "an integer", self.seed)
 
     def fit_kwargs(self) -> dict[str, float | int]:
-        """These options as keyword arguments of :func:`~compress.transforms.reconstruct.reconstruct`."""
+        """These options as keyword arguments of :class:`ReconstructOptions` (or of :func:`reconstruct`)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(FitOptions)}
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...config import options_from
 from ...data.batches import batch_inputs
 from ...errors import CompressError
 from ...measurement.util import model_device
@@ -157,10 +158,9 @@ class _Layer:
         return self.record(FITTED, error_before=before, error_after=after)
 
 
-def reconstruct(model: nn.Module, original: nn.Module, calib: Any, *, layers: Sequence[str] | None = None,
-                ridge: float = 1e-4, max_batches: int | None = None, rows_per_batch: int = 2048,
-                max_condition: float = 1e12, channels: Mapping[str, Sequence[int] | torch.Tensor] | None = None,
-                seed: int = 0, verbose: bool = True) -> list[ReconstructRecord]:
+def reconstruct(model: nn.Module, original: nn.Module, calib: Any, options: ReconstructOptions | None = None, *,
+                layers: Sequence[str] | None = None, channels: Mapping[str, Sequence[int] | torch.Tensor] | None = None,
+                verbose: bool = True, **shorthand: Any) -> list[ReconstructRecord]:
     """Fit the convs / linears of ``model`` (in place) so that their outputs match ``original``'s, layer by layer.
 
     Args:
@@ -169,15 +169,12 @@ def reconstruct(model: nn.Module, original: nn.Module, calib: Any, *, layers: Se
         original: the reference model; never modified.
         calib: a batch ``(B, C, H, W)`` or an iterable of batches (tensors or ``(images, labels)``); it is read
             once and kept, then streamed once per layer. Each model gets the batches on its own device.
+        options: the solver's :class:`~compress.transforms.reconstruct.config.ReconstructOptions` (``ridge``,
+            ``rows_per_batch``, ``max_condition``, ``seed``, ``max_batches``); or give those fields as keywords
+            (``**shorthand``: ``reconstruct(m, o, calib, ridge=0.0)``), not both.
         layers: qualified names or fnmatch patterns of the layers to fit (names in ``original``); ``None``: all.
-        ridge: Tikhonov term relative to the mean diagonal of each layer's input Gram matrix, towards the layer's
-            current weights (a layer that is already exact stays exact).
-        max_batches: use at most this many batches of ``calib``.
-        rows_per_batch: most output positions sampled per batch and layer (seeded by ``seed``).
-        max_condition: a layer whose system's condition estimate exceeds this keeps its weights.
         channels: ``{layer name: original output channel of each current output channel}`` for pruned layers
             whose weights no longer identify them (e.g. ``ChannelOrigins.index`` kept while pruning).
-        seed: seed of the row sampling.
         verbose: one progress bar per layer.
 
     Returns:
@@ -187,8 +184,7 @@ def reconstruct(model: nn.Module, original: nn.Module, calib: Any, *, layers: Se
     Raises:
         CompressError: invalid options, ``layers`` patterns that match nothing, or an empty ``calib``.
     """
-    options = ReconstructOptions(ridge=ridge, max_batches=max_batches, rows_per_batch=rows_per_batch,
-                                 max_condition=max_condition, seed=seed)
+    options = options_from(ReconstructOptions, options, shorthand, who="reconstruct")
     names = _candidates(model, original, layers)
     batches = _batches(calib, options.max_batches)
     generator = torch.Generator().manual_seed(options.seed)

@@ -28,7 +28,7 @@ from ...config import check
 from ...recipe.registry import register_step
 from ...records import StepDetails
 from ...jsonable import jsonable
-from .config import FitOptions
+from .config import FitOptions, ReconstructOptions
 
 if TYPE_CHECKING:  # the pass imports torch-pruning (bias slots); recipe parsing need not
     import torch
@@ -178,9 +178,9 @@ def reconstruct_in_step(ctx: Any, batches: list, *, kind: str, details: Any = No
     options = options or ReconstructStep(calib_batches=len(batches))
     before = ctx.measure()["top1"]
     channels = recorded_channels([*((r.kind, r.details) for r in ctx.records), (kind, details)], ctx.baseline)
-    records = reconstruct(D.unwrap(ctx.model), ctx.baseline, batches, layers=list(options.layers) or None,
-                          max_batches=options.calib_batches, channels=channels, verbose=ctx.verbose,
-                          **options.fit_kwargs())
+    solver = ReconstructOptions(max_batches=options.calib_batches, **options.fit_kwargs())
+    records = reconstruct(D.unwrap(ctx.model), ctx.baseline, batches, solver, layers=list(options.layers) or None,
+                          channels=channels, verbose=ctx.verbose)
     done = summary(records)
     LOG.info("reconstruct (%s): %d of %d layers fitted; top-1 before it %.4f", kind, done["fitted"], done["layers"],
              before)

@@ -142,9 +142,28 @@ def test_bad_arguments_are_errors_naming_the_field():
         reconstruct(model, original, calib, layers=["nope*"], verbose=False)
     with pytest.raises(CompressError, match="no batches"):
         reconstruct(model, original, [], verbose=False)
-    with pytest.raises(ConfigError, match="ridge: expected a number >= 0"):
+    with pytest.raises(ConfigError, match=r"reconstruct\.ridge: expected a number >= 0"):
         reconstruct(model, original, calib, ridge=-1.0, verbose=False)
     with pytest.raises(ConfigError, match="rows_per_batch"):
         ReconstructOptions(rows_per_batch=0)
     with pytest.raises(ConfigError, match="max_batches"):
         ReconstructOptions(max_batches=0)
+
+
+def test_options_object_equals_keywords_and_both_are_refused():
+    """A ReconstructOptions object and the same fields as keywords give the same fit; giving both is refused."""
+    original, model, calib, _ = _pair()
+    _perturb(model.conv2)
+    by_keywords, by_object = copy.deepcopy(model), copy.deepcopy(model)
+    a = reconstruct(by_keywords, original, calib, ridge=TINY_RIDGE, rows_per_batch=300, verbose=False)
+    b = reconstruct(by_object, original, calib, ReconstructOptions(ridge=TINY_RIDGE, rows_per_batch=300),
+                    verbose=False)
+    assert [r.status for r in a] == [r.status for r in b]
+    for p, q in zip(by_keywords.parameters(), by_object.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(CompressError, match="not both"):
+        reconstruct(by_object, original, calib, ReconstructOptions(), ridge=0.0, verbose=False)
+    with pytest.raises(CompressError, match="unknown option 'rigde'"):
+        reconstruct(by_object, original, calib, rigde=0.0, verbose=False)
+    with pytest.raises(CompressError, match=r"reconstruct\.rows_per_batch: expected"):
+        reconstruct(by_object, original, calib, rows_per_batch=0, verbose=False)
