@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..modes import evaluating
+from ..hooks import probe
 from .util import forward_inputs, leaf_modules, tensor_shape
 
 __all__ = ["Cost", "LayerCost", "cost", "module_macs"]
@@ -176,14 +176,8 @@ def cost(model: nn.Module, example_inputs: Any) -> Cost:
                 row.macs += module_macs(m, ins[0], outs[0])
         return record
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in leaf_modules(model)]
     args, kwargs = forward_inputs(example_inputs)
-    try:
-        with evaluating(model), torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, [(m, hook(name)) for name, m in leaf_modules(model)], *args, **kwargs)
     layers = list(rows.values())  # MACs are already per sample: every formula works on per-sample sizes
     params = sum(p.numel() for p in model.parameters())
     return Cost(params=params, macs=sum(r.macs for r in layers), layers=layers,

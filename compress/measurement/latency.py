@@ -9,7 +9,6 @@ batch).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field

@@ -23,7 +23,7 @@ from ..measurement import cost
 from ..env import resolve_device
 from ..measurement.timing import as_dtype, cudnn_benchmark
 from ..measurement.util import model_device
-from ..modes import evaluating
+from ..hooks import probe
 from .costs import loss_ratio
 from .shapes import ConvShape
 
@@ -56,14 +56,8 @@ class BlockSite:
 def _input_shapes(model: nn.Module, blocks: dict[str, nn.Module], x: torch.Tensor) -> dict[str, list]:
     """Each block's input shapes, one per call (shared or unused blocks are left alone by the caller)."""
     seen: dict[str, list] = {name: [] for name in blocks}
-    handles = [b.register_forward_hook(lambda m, args, out, n=name: seen[n].append(tuple(args[0].shape[1:])))
-               for name, b in blocks.items()]
-    try:
-        with evaluating(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, [(b, lambda m, args, out, n=name: seen[n].append(tuple(args[0].shape[1:])))
+                  for name, b in blocks.items()], x)
     return seen
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..measurement.util import forward_inputs
-from ..modes import evaluating
+from ..hooks import probe
 
 __all__ = ["ConvShape", "capture_shapes"]
 
@@ -95,13 +95,7 @@ def capture_shapes(model: nn.Module, example_inputs: Any) -> dict[str, ConvShape
                                    tuple(args[0].shape[-2:]), tuple(out.shape[-2:]))
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     args, kwargs = forward_inputs(example_inputs)
     args = tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args)
-    try:
-        with evaluating(model), torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, [(m, hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)], *args, **kwargs)
     return seen

@@ -77,9 +77,9 @@ class ReportStep(Config):
               "a non-empty list of 'cpu' / 'cuda'", list(self.devices))
         check(len(self.batch_sizes) > 0 and all(1 <= b <= MAX_BATCH for b in self.batch_sizes), "batch_sizes",
               f"a non-empty list of integers in 1..{MAX_BATCH}", list(self.batch_sizes))
-        for field in ("dtypes", "cuda_dtypes"):
-            values = getattr(self, field)
-            check(len(values) > 0 and all(d in DTYPE_NAMES for d in values), field,
+        for name in ("dtypes", "cuda_dtypes"):
+            values = getattr(self, name)
+            check(len(values) > 0 and all(d in DTYPE_NAMES for d in values), name,
                   f"a non-empty list of {', '.join(DTYPE_NAMES)}", list(values))
         check(MIN_RUNS <= self.runs <= MAX_RUNS, "runs", f"an integer in {MIN_RUNS}..{MAX_RUNS}", self.runs)
         check(self.threads is None or 1 <= self.threads <= MAX_THREADS, "threads",

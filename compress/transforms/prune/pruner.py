@@ -21,7 +21,6 @@ the layer (:mod:`.where`).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 import warnings
 from dataclasses import asdict, dataclass, field

@@ -14,9 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
-
-from ...config import Config, check
+from ...config import check
 from ...recipe.registry import register_step
 from ...jsonable import jsonable
 from ..reconstruct.step import Reconstruction, reconstruct_in_step

@@ -22,7 +22,7 @@ import fnmatch
 import logging
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...errors import CompressError
-from ...modes import evaluating
+from ...hooks import probe
 from .absorb import absorb_permutes
 from .allocate import Option, allocate
 from .decompose import relative_error
@@ -258,13 +258,7 @@ def _capture_inputs(model: nn.Module, convs: dict[str, nn.Conv2d],
             seen.setdefault(name, args[0].detach())
         return store
 
-    handles = [conv.register_forward_hook(hook(name)) for name, conv in convs.items()]
-    try:
-        with evaluating(model), torch.no_grad():
-            model(example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, [(conv, hook(name)) for name, conv in convs.items()], example_inputs)
     return seen
 
 
@@ -282,13 +276,7 @@ def conv_macs(module: nn.Module, x: torch.Tensor) -> int:
         kh, kw = conv.kernel_size
         total += out.shape[2] * out.shape[3] * kh * kw * conv.in_channels // conv.groups * conv.out_channels
 
-    handles = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            module(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    probe(module, [(m, count) for m in module.modules() if isinstance(m, nn.Conv2d)], x[:1])
     return total
 
 

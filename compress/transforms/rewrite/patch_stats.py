@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ...data.batches import batch_inputs
 from ...measurement.util import model_device
+from ...hooks import forward_hooks
 from ...modes import evaluating
 
 __all__ = ["PatchMoments", "capture_patch_moments"]
@@ -85,16 +86,11 @@ def capture_patch_moments(model: nn.Module, convs: dict[str, nn.Conv2d], calib: 
         Name -> ``(M, kh*kw, kh*kw)`` float64 (CPU) moments, for convs that ran.
     """
     stats = {name: PatchMoments(conv) for name, conv in convs.items()}
-    handles = [conv.register_forward_hook(lambda mod, args, out, s=stats[name]: s.update(args[0]))
-               for name, conv in convs.items()]
     batches = [calib] if isinstance(calib, torch.Tensor) else calib
     device = model_device(model)
-    try:
-        with evaluating(model), torch.no_grad():
-            for batch in tqdm(islice(batches, max_batches), desc="patch moments", leave=False, disable=not verbose):
-                model(batch_inputs(batch, what="patch moments").to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((conv, lambda mod, args, out, s=stats[name]: s.update(args[0])) for name, conv in convs.items()), \
+            evaluating(model), torch.no_grad():
+        for batch in tqdm(islice(batches, max_batches), desc="patch moments", leave=False, disable=not verbose):
+            model(batch_inputs(batch, what="patch moments").to(device))
     return {name: s.mean() for name, s in stats.items() if s.count}
 

@@ -206,14 +206,17 @@ class RewriteConfig(Config):
         raise NotImplementedError
 
 
-def conv_problem(conv: nn.Module) -> str | None:
-    """Reasons shared by all rewrites for leaving a module alone (``None``: a plain, supported Conv2d)."""
+def conv_problem(conv: nn.Module, *, dense: bool = False) -> str | None:
+    """Reasons shared by all rewrites for leaving a module alone (``None``: a plain, supported Conv2d; with
+    ``dense``, also one with ``groups == 1``)."""
     if type(conv) is not nn.Conv2d:  # subclasses may override forward: never mangle them
         return f"unsupported module type {type(conv).__name__} (only plain nn.Conv2d is rewritten)"
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r} is not supported (only 'zeros')"
     if isinstance(conv.padding, str):
         return f"string padding {conv.padding!r} is not supported (give explicit padding)"
+    if dense and conv.groups != 1:
+        return f"not a dense conv (groups={conv.groups}: already grouped or depthwise)"
     return None
 
 

@@ -67,10 +67,7 @@ class BottleneckConfig(RewriteConfig):
 
     @classmethod
     def eligibility(cls, conv: nn.Conv2d) -> str | None:
-        reason = conv_problem(conv)
-        if reason is None and conv.groups != 1:
-            reason = f"not a dense conv (groups={conv.groups})"
-        return reason
+        return conv_problem(conv, dense=True)
 
     def check_layer(self, conv: nn.Conv2d) -> None:
         super().check_layer(conv)

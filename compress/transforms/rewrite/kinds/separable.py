@@ -92,9 +92,7 @@ class SeparableConfig(RewriteConfig):
 
     @classmethod
     def eligibility(cls, conv: nn.Conv2d) -> str | None:
-        reason = conv_problem(conv)
-        if reason is None and conv.groups != 1:
-            reason = f"not a dense conv (groups={conv.groups})"
+        reason = conv_problem(conv, dense=True)
         if reason is None and conv.kernel_size == (1, 1):
             reason = "1x1 kernel (a depthwise 1x1 only scales channels)"
         return reason
