@@ -84,6 +84,7 @@ class TableKey:
     channels_last: bool
     runtime: str = "torch"
     runtime_version: str = ""
+    runtime_revision: int = 0
 
     def file_name(self) -> str:
         text = json.dumps(self.__dict__, sort_keys=True)
@@ -325,7 +326,7 @@ def build_table(requests: dict[str, TableRequest], conditions: Conditions = Cond
     warmup = (10 if cuda else 2) if warmup is None else warmup
     runs = (20 if cuda else 5) if runs is None else runs
     key = TableKey(device_name(device), torch.__version__, dtype_name(dtype), batch, channels_last, runtime,
-                   _runtime_version(runtime))
+                   _runtime_version(runtime), runtime_named(runtime).revision)
     path = Path(cache_dir or default_table_dir()) / key.file_name() if cache else None
     known = _load(path)
     table = LatencyTable(key=key, path=path, device=device, warmup=warmup, runs=runs, known=known)

@@ -103,6 +103,7 @@ def test_threads_are_set_explicitly_in_each_runtime():
     ort = usable("onnxruntime").session(net(), X, threads=2)
     assert ort.info["intra_op_num_threads"] == ort.info["inter_op_num_threads"] == 2
     assert ort.info["providers"] == ["CPUExecutionProvider"]
+    assert ort.info["allow_spinning"] is False  # spinning pools steal the cores of the next interleaved session
     ov = usable("openvino").session(net(), X, threads=2)
     assert ov.info["INFERENCE_NUM_THREADS"] == 2 and ov.info["PERFORMANCE_HINT"] == "LATENCY"
     assert ov.info["INFERENCE_PRECISION_HINT"] == "f32"  # not the CPU's bf16 default

@@ -61,6 +61,7 @@ def test_table_key_and_cache_file_per_runtime(net, x, tmp_path, builds):
     for name, table in tables.items():
         key = json.loads(table.path.read_text())["key"]
         assert key["runtime"] == name and key["runtime_version"] == runtime(name).version()
+        assert key["runtime_revision"] == runtime(name).revision  # tables of older session settings are not reused
         assert table.path.name.startswith(name) and table.measured == entries
     again = build_table(requests, Conditions(batch=4, runtime="onnxruntime"), cache_dir=tmp_path, runs=2, warmup=1,
                         verbose=False)

@@ -119,9 +119,12 @@ class Runtime:
         name: the registry name (``"onnxruntime"``).
         devices: device types it can run on (``"cpu"``, ``"cuda"``); :meth:`unsupported` may narrow further.
         dtypes: computing precisions it can use (``"float32"``, ``"bfloat16"``, ``"float16"``).
+        revision: bumped when how :meth:`build` sets a session up changes what it measures, so that latency
+            tables cached under the old settings are measured again (see ``compress.planning.table.TableKey``).
     """
 
     name: ClassVar[str] = ""
+    revision: ClassVar[int] = 0
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
     dtypes: ClassVar[tuple[str, ...]] = ("float32",)
 
