@@ -15,6 +15,7 @@ does not see a constant, a grouped conv or channel-mixing norm consumes it, or i
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Collection, Iterable, Sequence
@@ -31,6 +32,8 @@ from .tp_compat import ChannelOrigins, build_graph, out_channel_items, prune_gro
 from .where import describe_error, module_names
 
 __all__ = ["DeadRemoval", "DeadSkip", "DeadReport", "remove_dead_channels", "relative_error", "model_outputs"]
+
+LOG = logging.getLogger(__name__)
 
 _CONST_RTOL = 1e-6  # a consumer input counts as constant when max - min <= this * max(1, |mean|)
 _MIXING = (nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention, nn.LSTM, nn.Embedding)
@@ -327,20 +330,83 @@ class _Remover:
             plan.layer, channels, [plan.dead[c].kind for c in channels], [float(plan.dead[c].value) for c in channels],
             plan.exact and all(getattr(plan.dead[c], "structural", False) for c in channels), error, plan.coupled, {k: sorted(v) for k, v in plan.coupled_dead.items()}))
 
-    def remove_exact(self, plans: list[_Plan]) -> None:
-        """Fold every exact plan (all in the pre-pruning numbering), then prune them one by one."""
-        exact = [p for p in plans if p.exact]
-        for plan in exact:
+    def _guarded(self, apply: Any) -> tuple[str | None, float]:
+        """Run ``apply()`` (folds and prunes); if torch-pruning raises or the model no longer runs (or gives a
+        different output shape, or non-finite outputs), put the model, graph and numbering back exactly and
+        return why. Returns ``(problem or None, relative output error on the probe batches)``."""
+        from .guard import GroupGuard, Snapshot, model_objects  # guard imports this module's model_outputs
+
+        guard = GroupGuard(self.model, self.example_inputs)
+        with protected():
+            snapshot = Snapshot(model_objects(self.graph, self.origins))
+        try:
+            apply()
+            problem = guard.problem()
+        except Exception as err:
+            problem = f"torch-pruning raised {describe_error(err, self._ids)}"
+        except BaseException:
+            snapshot.restore()
+            raise
+        if problem is None:
+            return None, relative_error(self.reference, model_outputs(self.model, self.batches))
+        snapshot.restore()
+        return problem, float("nan")
+
+    def _apply_exact(self, plans: list[_Plan]) -> None:
+        for plan in plans:  # all folds first: they index the consumers in the pre-pruning numbering
             for fold in plan.folds:
                 _apply_fold(self.model, self.graph, fold)
-        for plan in exact:
+        for plan in plans:
             _prune_plan(self.model, self.graph, plan, self.origins, self.names)
-        error = relative_error(self.reference, model_outputs(self.model, self.batches)) if exact else 0.0
+
+    def remove_exact(self, plans: list[_Plan]) -> None:
+        """Fold every exact plan (all in the pre-pruning numbering), then prune them one by one.
+
+        Guarded: when torch-pruning breaks the model on any of them (blocks that split or concatenate, e.g.
+        Res2Net), everything is rolled back and the layers are bisected: each half is planned again in the
+        then-current numbering and applied on its own, down to single layers; a layer whose removal still
+        breaks the model keeps its channels, skipped with the reason (a few bad layers among ``n`` cost
+        ``O(log n)`` tries each, not ``n``).
+        """
+        exact = [p for p in plans if p.exact]
+        if not exact:
+            return
+        problem, error = self._guarded(lambda: self._apply_exact(exact))
+        if problem is None:
+            self._commit(exact, error)
+            return
+        LOG.warning("dead-channel removal: torch-pruning broke the model (%s); bisecting the %d layers", problem,
+                    len({p.layer for p in exact}))
+        layers: dict[str, dict[int, Any]] = {}
+        for plan in exact:
+            layers.setdefault(plan.layer, {}).update(plan.dead)
+        self._bisect(list(layers.items()), problem)
+
+    def _bisect(self, layers: list[tuple[str, dict[int, Any]]], problem: str) -> None:
+        """Remove the dead channels of ``layers`` (original numbering), which together gave ``problem``."""
+        if len(layers) == 1:
+            layer, dead = layers[0]
+            self.report.skipped.append(DeadSkip(layer, sorted(dead), problem))
+            return
+        for half in (layers[:len(layers) // 2], layers[len(layers) // 2:]):
+            plans = [p for p in self.plan(dict(half)) if p.exact]
+            if not plans:
+                continue  # removed with a coupled layer's plan already, or skipped by plan() with its reason
+            half_problem, error = self._guarded(lambda: self._apply_exact(plans))
+            if half_problem is None:
+                self._commit(plans, error)
+            else:
+                self._bisect(half, half_problem)
+
+    def _commit(self, plans: list[_Plan], error: float) -> None:
+        self._check_exact(error)
+        for plan in plans:
+            self._record(plan, error)
+
+    def _check_exact(self, error: float) -> None:
         if error > max(self.tol, 1e-4):
             warnings.warn(f"dead-channel removal changed the outputs by {error:.3g} (relative), expected ~0: some "
-                          "consumer of a removed channel is not a conv / linear this fold models", stacklevel=3)
-        for plan in exact:
-            self._record(plan, error)
+                          "consumer of a removed channel is not a conv / linear this fold models", stacklevel=4)
 
     def remove_approximate(self, layer: str, original: int, dead: Any) -> None:
         """Try one border-inexact removal on a copy; keep it on the model when the output error is within tol."""
@@ -352,10 +418,15 @@ class _Remover:
         plan = plans[0]
         trial = copy.deepcopy(self.model)
         trial_graph = build_graph(trial, self.example_inputs)
-        for fold in plan.folds:
-            _apply_fold(trial, trial_graph, fold)
-        _prune_plan(trial, trial_graph, plan, self.origins.copy(), {m: n for n, m in trial.named_modules()})
-        error = relative_error(self.reference, model_outputs(trial, self.batches))
+        try:
+            for fold in plan.folds:
+                _apply_fold(trial, trial_graph, fold)
+            _prune_plan(trial, trial_graph, plan, self.origins.copy(), {m: n for n, m in trial.named_modules()})
+            error = relative_error(self.reference, model_outputs(trial, self.batches))
+        except Exception as err:  # torch-pruning broke the trial copy (split / concat blocks): nothing changed here
+            self.report.skipped.append(DeadSkip(layer, [original], "torch-pruning broke the model: "
+                                                f"{describe_error(err, module_names(trial))}"))
+            return
         if error > self.tol:
             self.report.skipped.append(DeadSkip(layer, [original], f"border fold error {error:.3g} > tol {self.tol}"))
             return

@@ -35,7 +35,7 @@ from .dead import model_outputs
 from .tp_compat import prune_group
 from .where import describe_error, module_names
 
-__all__ = ["SkippedGroup", "Snapshot", "GroupGuard"]
+__all__ = ["SkippedGroup", "Snapshot", "GroupGuard", "model_objects"]
 
 LOG = logging.getLogger(__name__)
 
@@ -120,6 +120,13 @@ class Snapshot:
                 _restore_tensor(saved)
 
 
+def model_objects(graph: tp.DependencyGraph, *extra: Any) -> list[Any]:
+    """Everything pruning any group of ``graph`` may change: its model's modules, every graph node, tp's
+    pruning functions and the graph itself (plus ``extra`` objects, e.g. a :class:`.tp_compat.ChannelOrigins`)."""
+    return [graph, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values(),
+            *graph.module2node.values(), *graph.model.modules(), *extra]
+
+
 def _group_objects(graph: tp.DependencyGraph, group: Group) -> list[Any]:
     """Everything pruning ``group`` may change (see the module docstring)."""
     objects: list[Any] = [graph, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
@@ -162,7 +169,7 @@ class GroupGuard:
             self.skipped.append(SkippedGroup(root, reason))
             LOG.warning("prune: group %s left unpruned: %s", root, reason)
 
-    def _problem(self) -> str | None:
+    def problem(self) -> str | None:
         """Why the model is broken now, or ``None`` (the check forward pass)."""
         try:
             out = self._output(self.model)
@@ -187,7 +194,7 @@ class GroupGuard:
             snapshot = Snapshot(_group_objects(graph, group))
         try:
             prune_group(graph, group)
-            problem = self._problem() if self.check else None
+            problem = self.problem() if self.check else None
         except Exception as err:
             problem = f"torch-pruning raised {describe_error(err, self.names)}"
         except BaseException:

@@ -310,3 +310,51 @@ def test_a_group_torch_pruning_fails_on_is_skipped_with_the_reason(monkeypatch):
     assert [(s.layer, s.channels) for s in report.skipped] == [("conv1", [2])]
     assert "torch-pruning failed on its group: IndexError: planted" in report.skipped[0].reason
     assert model.conv1.out_channels == 16 and model.conv3.out_channels == 15  # the other channel is removed
+
+
+class _Res2Net(nn.Module):
+    """A stem and two timm Res2Net blocks (width 3, scale 4: conv1's output is split over three 3x3 convs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.models.res2net import Bottle2neck
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.blocks = nn.Sequential(*(Bottle2neck(32, 8, base_width=26, scale=4, act_layer=nn.ReLU,
+                                                  norm_layer=nn.BatchNorm2d) for _ in range(2)))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def test_split_block_that_torch_pruning_breaks_is_rolled_back_and_named():
+    """torch-pruning 1.6 loses the split offsets of Res2Net's conv1 -> split -> convs: removing conv1's dead
+    channels leaves a conv that no longer runs (a raw RuntimeError before the guard). Now each such layer keeps its
+    channels, skipped with the reason, and the model's outputs are unchanged (held-out inputs)."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = _Res2Net().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.uniform_(m.weight, 0.5, 1.5)
+                nn.init.uniform_(m.bias, -0.1, 0.1)
+        for block in model.blocks:
+            block.bn1.weight[[0, 5, 9]] = 0  # structurally dead conv1 outputs, spread over the split
+    import compress
+
+    reference = copy.deepcopy(model)
+    probe, held_out = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    analysis = compress.analyze(model, [probe], verbose=False)  # a real analysis finds the zero-gamma channels
+    assert all(set(analysis.dead_channels()[f"blocks.{i}.conv1"]) >= {0, 5, 9} for i in range(2))
+    report = remove_dead_channels(model, probe[:1], analysis, probe=[probe])
+    broken = [s for s in report.skipped if "torch-pruning" in s.reason or "fails" in s.reason]
+    assert {s.layer for s in broken} == {"blocks.0.conv1", "blocks.1.conv1"}, report.skipped
+    assert any("at module 'blocks." in s.reason for s in broken)  # the reason names where it broke
+    with torch.no_grad():
+        out, ref = model(held_out), reference(held_out)
+    assert torch.isfinite(out).all() and out.shape == (8, 10)
+    assert ((out - ref).norm() / ref.norm()).item() < REL_TOL
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert p.shape == q.shape, name  # nothing half-pruned is left behind
