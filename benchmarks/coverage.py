@@ -272,11 +272,15 @@ def check_model(name: str, size: int, *, limit: int | None = None, rewrites: boo
     return row
 
 
-def _sweep(names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+def _sweep(names: list[str], args: argparse.Namespace,
+           saved: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+    """One row per model, each checked in its own subprocess; ``saved(rows so far)`` after each model (a long
+    sweep that is stopped keeps what it measured)."""
     from tqdm import tqdm
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in tqdm(names, desc="coverage", leave=False, disable=not args.verbose):
+        saved(rows)
         need = estimated_gib(name)
         if need > args.memory_gib:
             rows.append({"name": name, "status": f"skipped: needs ~{need:.0f} GiB > {args.memory_gib:g} GiB"})
@@ -380,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
            **context(command_line("benchmarks/coverage.py", argv)), "ratio": RATIO, "kinds": KINDS,
            "timeout_s": args.timeout, "memory_gib": args.memory_gib, "layers_per_kind": args.layers or "all"}
     began = time.perf_counter()
-    out["rows"] = _sweep(names, args)
+    def saved(rows: list[dict[str, Any]]) -> None:
+        atomic_write_json(Path(args.out), {**out, "rows": rows, "partial": f"{len(rows)} of {len(names)} models"})
+
+    out["rows"] = _sweep(names, args, saved)
     out["seconds"] = round(time.perf_counter() - began, 1)
     atomic_write_json(Path(args.out), out)
     Path(args.out).with_name("coverage.md").write_text(markdown(out))
