@@ -4,7 +4,9 @@ The baselines are the Fashion-MNIST models of ``benchmarks/quality.py``: the def
 ``compress:small_resnet`` (widths [16, 32, 64]) and ``recipes/mobilenet_fmnist.yaml``'s small MobileNetV2 (width
 0.5), each trained once and cached, shared with ``python -m compress.run``. Each model is transformed by
 
-- pruning to each MACs budget (default 50% and 25%) with ``compress.prune`` (l2 importance, as the recipes do);
+- pruning to each MACs budget (default 50% and 25%) with ``compress.prune``, once per importance of
+  ``--importances`` (default ``l2``, as the recipes do, and ``reconstruction``: channels ranked by what a
+  least-squares refit of their consumers cannot rebuild, from an analysis of the calibration split);
 - the data-aware ``separable`` rewrite with ``macs_target`` (default 0.6 of the model's MACs; T per layer);
 - the ``grouped`` rewrite with ``groups: 2`` (co-clustered channels, permutes absorbed where exact);
 
@@ -82,14 +84,24 @@ def _variants(transformed: torch.nn.Module, baseline: torch.nn.Module, calib: An
     return out
 
 
-def transforms(setup: Any, *, targets: list[float], separable: float,
-               groups: int) -> Iterator[tuple[str, torch.nn.Module | None]]:
+def transforms(setup: Any, *, targets: list[float], separable: float, groups: int,
+               importances: tuple[str, ...] = ("l2",),
+               rewrites: bool = True) -> Iterator[tuple[str, torch.nn.Module | None]]:
     """``(label, transformed copy of the baseline)``; ``None`` when the transform changed no layer."""
+    from compress.analysis import analyze
+    from compress.transforms.prune.config import NEEDS_ANALYSIS
     from compress.transforms.rewrite.apply import rewrite
 
-    for target in targets:
-        yield f"prune to {target:.2f} MACs", ours_prune(setup.baseline, setup.example, target, importance="l2")[0]
     images = [x for x, *_ in setup.data.calib]
+    analysis = (analyze(setup.baseline, images, verbose=False) if set(importances) & set(NEEDS_ANALYSIS)
+                else None)
+    for target in targets:
+        for importance in importances:
+            label = f"prune to {target:.2f} MACs" + ("" if importance == "l2" else f", {importance} importance")
+            yield label, ours_prune(setup.baseline, setup.example, target, importance=importance,
+                                    analysis=analysis)[0]
+    if not rewrites:
+        return
     sep, facts = ours_rewrite(setup.baseline, setup.example, separable, kind="separable", calib=images,
                               probe=images[0])
     yield f"separable, macs_target {separable:.2f}", sep if facts.get("rewritten") else None
@@ -108,7 +120,8 @@ def _errors(details: dict[str, Any]) -> str:
 
 
 def run(*, models: list[str], targets: list[float], separable: float, groups: int, quick: bool, bn_batches: int,
-        verbose: bool, quick_baselines: tuple[str, ...] = ()) -> tuple[list[list[Any]], dict]:
+        verbose: bool, quick_baselines: tuple[str, ...] = (), importances: tuple[str, ...] = ("l2",),
+        rewrites: bool = True) -> tuple[list[list[Any]], dict]:
     """Rows of the table (model, transform, recovery, top-1, MACs fraction, seconds, layer errors) and facts."""
     from compress.transforms.prune.pruner import count_macs_params
 
@@ -122,7 +135,8 @@ def run(*, models: list[str], targets: list[float], separable: float, groups: in
         rows.append([key, "baseline", "—", f"{100 * _top1(baseline, test):.2f}%", "1.000", "—", "—"])
         facts.update(test_images=len(test.dataset), calib_images=len(calib.dataset))
         facts["baseline"][key] = setup.origin["source"] + (f" (quick: {', '.join(overrides)})" if overrides else "")
-        for label, transformed in transforms(setup, targets=targets, separable=separable, groups=groups):
+        for label, transformed in transforms(setup, targets=targets, separable=separable, groups=groups,
+                                             importances=importances, rewrites=rewrites):
             if transformed is None:
                 facts["unchanged"].append(f"{key}: {label}")
                 continue
@@ -141,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="baselines")
     p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25], help="MACs fractions to prune to")
+    p.add_argument("--importances", nargs="+", default=["l2", "reconstruction"],
+                   help="pruning importances, one pruned model per importance and target")
+    p.add_argument("--no-rewrites", dest="rewrites", action="store_false", help="pruning rows only")
     p.add_argument("--separable", type=float, default=0.6, help="macs_target of the separable rewrite")
     p.add_argument("--groups", type=int, default=2, help="groups of the grouped rewrite")
     p.add_argument("--quick", action="store_true", help=f"top-1 on the first {QUICK_IMAGES} test images")
@@ -158,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     rows, facts = run(models=args.models, targets=args.targets, separable=args.separable, groups=args.groups,
                       quick=args.quick, bn_batches=args.bn_batches, verbose=args.verbose,
-                      quick_baselines=tuple(args.quick_baseline))
+                      quick_baselines=tuple(args.quick_baseline), importances=tuple(args.importances),
+                      rewrites=args.rewrites)
     table = md_table(["model", "transform", "recovery", "top-1", "MACs after", "seconds",
                       "layer error before -> after"], rows)
     origins = ", ".join(f"{k} from {v}" for k, v in facts["baseline"].items())

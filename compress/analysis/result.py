@@ -101,14 +101,19 @@ class Analysis:
         """Whether the channel covariance of ``layer`` was collected (see ``max_channels_for_correlation``)."""
         return self._cov[self._check(layer)] is not None
 
+    def covariance(self, layer: str) -> torch.Tensor:
+        """Channel covariance ``(C, C)`` float64 at the layer's statistics point (a copy)."""
+        cov = self._cov[self._check(layer)]
+        if cov is None:
+            raise CompressError(f"analysis: the covariance of {layer!r} was not collected "
+                                f"({self.info[layer].channels} channels exceed max_channels_for_correlation)")
+        return cov.clone()
+
     def correlation(self, layer: str) -> torch.Tensor:
         """Channel correlation ``(C, C)`` float64; rows/columns of constant channels are 0 (also the diagonal)."""
         key = ("corr", self._check(layer))
         if key not in self._cache:
-            cov = self._cov[layer]
-            if cov is None:
-                raise CompressError(f"analysis: the correlation matrix of {layer!r} was not collected "
-                                    f"({self.info[layer].channels} channels exceed max_channels_for_correlation)")
+            cov = self.covariance(layer)
             s = self._stats[layer]
             live = (s["max"] > s["min"]) & (cov.diagonal() > 0)
             inv = torch.where(live, cov.diagonal().clamp_min(1e-300).rsqrt(), torch.zeros_like(s["min"]))

@@ -13,11 +13,11 @@ from ...config import Config, check
 
 __all__ = ["PruneConfig", "IMPORTANCES", "NEEDS_ANALYSIS", "TIME_BUDGET_S"]
 
-IMPORTANCES = ("l1", "l2", "bn", "taylor", "activation", "apoz", "redundancy")
-NEEDS_ANALYSIS = ("activation", "apoz", "redundancy")
+IMPORTANCES = ("l1", "l2", "bn", "taylor", "activation", "apoz", "redundancy", "reconstruction")
+NEEDS_ANALYSIS = ("activation", "apoz", "redundancy", "reconstruction")
 TIME_BUDGET_S = 120.0  # default wall-clock budget of one prune call (graph building + pruning)
 
-Importance = Literal["l1", "l2", "bn", "taylor", "activation", "apoz", "redundancy"]
+Importance = Literal["l1", "l2", "bn", "taylor", "activation", "apoz", "redundancy", "reconstruction"]
 
 
 def _pattern_or_module(value: Any) -> bool:
@@ -33,7 +33,7 @@ class PruneConfig(Config):
     Attributes:
         ratio: uniform channel ratio in ``(0, 1)`` removed from every prunable group (relative to original widths).
         macs_target: instead of ``ratio``, prune until MACs are at most this fraction ``(0, 1]`` of the original.
-        importance: how channels are ranked (``activation`` / ``apoz`` / ``redundancy`` need an analysis).
+        importance: how channels are ranked (``activation`` / ``apoz`` / ``redundancy`` / ``reconstruction`` need an analysis).
         remove_dead: first remove the analysis' constant channels (structurally dead ones exactly).
         round_to: keep widths multiples of this (e.g. 8 for tensor cores; tp's ``round_to``).
         ignored_layers: fnmatch patterns of qualified names (or, from Python, the modules) whose output channels

@@ -2,7 +2,7 @@
 
 Every importance here maps a tp pruning group to a 1-D score per root channel (lower is pruned first), the
 contract of ``tp.importance.Importance``. Magnitude, BN-scale and Taylor scores come from tp itself; the
-analysis-based ones (``activation``, ``apoz``, ``redundancy``) read per-channel statistics that
+analysis-based ones (``activation``, ``apoz``, ``redundancy``, ``reconstruction``) read per-channel statistics that
 :mod:`compress.analysis` measured on the *original* channel numbering, translated to the current one by
 :class:`~compress.transforms.prune.tp_compat.ChannelOrigins`. The callables keep no state between calls.
 """
@@ -142,6 +142,61 @@ def _redundancy_scores(analysis: Any, origins: ChannelOrigins) -> Scores:
     return scores
 
 
+# Ridge of the kept channels' covariance, relative to its mean diagonal, before inverting it: keeps the inverse
+# finite when channels are exact linear combinations of others (their unexplained variance is then ~0, as it is).
+_COV_RIDGE = 1e-9
+
+
+def _unexplained_scores(analysis: Any, origins: ChannelOrigins) -> Scores:
+    """Variance of each channel that the layer's *other kept* channels cannot rebuild linearly (plus a bias).
+
+    With covariance ``S`` of the kept channels, that is ``1 / (S^-1)_cc`` (the conditional variance given the
+    rest). A least-squares refit of the consumers (:func:`compress.reconstruct`) replaces a removed channel by
+    the best linear combination of the kept ones, so the error it leaves is this variance times the consumers'
+    weights on the channel (:class:`_ConsumerEnergy`); a channel that is a linear combination of kept ones
+    scores ~0 and goes first. One-shot per pruning step (an Optimal-Brain-Surgeon saliency on the consumer's
+    input, channel-wise), re-evaluated on the kept set at every step.
+    """
+
+    def scores(name: str, originals: torch.Tensor) -> torch.Tensor | None:
+        cov = _fetch(analysis.covariance, name, origins)
+        if cov is None:
+            return None
+        kept = origins.original(name)
+        sub = cov[kept][:, kept]
+        ridge = _COV_RIDGE * float(sub.diagonal().mean().clamp_min(1e-300))
+        eye = torch.eye(len(kept), dtype=sub.dtype)
+        precision = torch.linalg.inv(sub + ridge * eye)
+        unexplained = (1.0 / precision.diagonal()).clamp_min(0.0)
+        position = {int(o): i for i, o in enumerate(kept.tolist())}
+        return unexplained[[position[int(o)] for o in originals]]
+
+    return scores
+
+
+class _ConsumerEnergy:
+    """Per root channel, the summed squared weights that the group's consumers (dense convs, linears) put on it
+    (``None`` for a group without such a consumer, e.g. one reaching the output)."""
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        root_len = len(group[0].idxs)
+        total = torch.zeros(root_len, dtype=torch.float64)
+        found = False
+        for item in group:
+            module, handler, idxs = item.dep.target.module, item.dep.handler, list(item.idxs)
+            if handler not in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                continue
+            weight = getattr(module, "weight", None)
+            if (not isinstance(weight, torch.Tensor) or getattr(module, "groups", 1) != 1 or not idxs
+                    or max(idxs) >= weight.shape[1] or any(r is None or r >= root_len for r in item.root_idxs)):
+                continue
+            energy = weight.detach()[:, idxs].double().pow(2).flatten(2).sum(dim=(0, 2)).cpu()
+            total.index_add_(0, torch.as_tensor(item.root_idxs), energy)
+            found = True
+        return total.float() if found else None
+
+
 class _Product:
     """Elementwise product of two group importances (both must score the group)."""
 
@@ -177,7 +232,9 @@ def make_importance(name: str, *, analysis: Any = None, origins: ChannelOrigins 
         name: ``l1`` / ``l2`` (filter magnitude), ``bn`` (BatchNorm scale), ``taylor`` (|weight x loss-gradient|;
             the caller must have run backward on calibration batches), ``activation`` (mean |x| at the channel's
             final point), ``apoz`` (1 - fraction of zeros), ``redundancy`` ((1 - max |corr| with a kept channel)
-            x L2 magnitude).
+            x L2 magnitude), ``reconstruction`` (the variance the other kept channels cannot rebuild linearly x
+            the consumers' squared weights on the channel: what a least-squares refit of the consumers cannot
+            recover; pair it with ``reconstruct: true``).
         analysis: a :class:`compress.analysis.Analysis`; required by the analysis-based names.
         origins: current -> original channel numbering (required with ``analysis``).
         names: module -> qualified name (required with ``analysis``).
@@ -203,6 +260,9 @@ def make_importance(name: str, *, analysis: Any = None, origins: ChannelOrigins 
         scores = _stat_scores(analysis, origins, "mean_abs", lambda t: t)
     elif name == "apoz":
         scores = _stat_scores(analysis, origins, "apoz", lambda t: 1.0 - t)
+    elif name == "reconstruction":
+        return Fallback(_Product(AnalysisScore(_unexplained_scores(analysis, origins), origins, names),
+                                 _ConsumerEnergy()), l2)
     else:
         return Fallback(_Product(AnalysisScore(_redundancy_scores(analysis, origins), origins, names), l2), l2)
     return Fallback(AnalysisScore(scores, origins, names), l2)

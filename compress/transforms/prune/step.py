@@ -4,7 +4,7 @@ Example (YAML)::
 
     - prune:
         macs_target: 0.5        # or ratio: 0.3 (channel ratio, like a 0.7 width multiplier)
-        importance: l2          # l1 | l2 | bn | taylor | activation | apoz | redundancy
+        importance: l2          # l1 | l2 | bn | taylor | activation | apoz | redundancy | reconstruction
         ignored_layers: ["layer4.*"]
         per_layer: {"layer1.*": 0.1}
         reconstruct: true       # then refit the layers towards the original on the calib batches

@@ -186,3 +186,49 @@ def test_config_object_and_keyword_shorthand_prune_alike():
         prune(TinyNet(), x, PruneConfig(ratio=0.25), ratio=0.3)
     with pytest.raises(CompressError, match="unknown option 'rato'"):
         prune(TinyNet(), x, rato=0.3)
+
+
+class _DuplicatedNet(nn.Module):
+    """conv1 -> ReLU -> conv2 -> ReLU -> mean -> fc, where conv1's channels 9 and 12 are positive multiples of its
+    channels 3 and 5 (so after the ReLU they are exact linear combinations of kept channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.relu1 = nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            for copy_, source, scale in ((9, 3, 2.0), (12, 5, 0.5)):
+                self.conv1.weight[copy_] = scale * self.conv1.weight[source]
+                self.conv1.bias[copy_] = scale * self.conv1.bias[source]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu2(self.conv2(self.relu1(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+def test_reconstruction_importance_drops_rebuildable_channels_and_the_refit_is_exact():
+    """The channels the kept ones can rebuild exactly go first; the least-squares refit of the consumer then
+    reproduces the original outputs on inputs neither the analysis nor the fit saw."""
+    import compress
+
+    torch.manual_seed(0)
+    model = _DuplicatedNet().eval()
+    original = copy.deepcopy(model)
+    calib = [torch.randn(32, 3, 8, 8) for _ in range(4)]
+    held_out = torch.randn(64, 3, 8, 8)
+    analysis = compress.analyze(model, calib, verbose=False)
+    prune(model, calib[0][:1], ratio=2 / 16, importance="reconstruction", analysis=analysis,
+          per_layer={"conv2": 0.0}, remove_dead=False, verbose=False)
+    removed = set(range(16)) - set(_kept_filters(original.conv1, model.conv1))
+    assert len(removed) == 2 and len(removed & {3, 9}) == 1 and len(removed & {5, 12}) == 1, removed
+    with torch.no_grad():
+        ref = original(held_out)
+        before = (model(held_out) - ref).norm() / ref.norm()
+    compress.reconstruct(model, original, calib, ridge=1e-10, verbose=False)
+    with torch.no_grad():
+        after = (model(held_out) - ref).norm() / ref.norm()
+    assert before > 1e-2 and after < 1e-4, (float(before), float(after))
+    # magnitude alone keeps both copies of the larger filter: the doubled channel 9 is never its first choice
+    by_l2 = copy.deepcopy(original)
+    prune(by_l2, calib[0][:1], ratio=2 / 16, importance="l2", per_layer={"conv2": 0.0}, verbose=False)
+    assert 9 in _kept_filters(original.conv1, by_l2.conv1)
