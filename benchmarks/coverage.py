@@ -115,9 +115,18 @@ def build(name: str) -> nn.Module:
 
 
 def input_size(name: str, default: int = 64) -> int:
-    """Input side in px: 224 where the architecture fixes it, at least 96 for Inception v3."""
+    """Input side in px: 224 where the architecture fixes it, at least 96 for Inception v3; for a timm model
+    that does not run at ``default`` px (a shape check, tried on the meta device), its pretrained config's."""
     if name.startswith(FIXED_224):
         return 224
+    if name.startswith(TIMM):
+        try:
+            with torch.device("meta"):
+                model = build(name)
+                model(torch.empty(1, 3, default, default))
+        except Exception:  # e.g. BAT / bottleneck-attention blocks assert their feature-map size
+            cfg = getattr(build(name), "pretrained_cfg", None) or {}
+            return int(cfg.get("input_size", (3, 224, 224))[-1])
     return max(default, 96) if name == "inception_v3" else default
 
 
