@@ -326,7 +326,41 @@ def _md_cell(stage: dict[str, Any] | None) -> str:
         return f"ok ({stage['macs_fraction']:.2f} MACs)"
     if "relative_error" in stage:
         return f"ok (err {stage['relative_error']:.0e})"
+    if "rewritten" in stage:  # a forward check ran when something was rewritten
+        if stage["rewritten"]:
+            return f"ok ({stage['rewritten']})"
+        return "declined" if stage.get("declined") else "n/a"
     return "ok"
+
+
+MAX_MACS = 0.8  # issue 19: at ratio 0.3 a model should reach at most this fraction of its MACs, or say why not
+
+
+def _passed(stage: dict[str, Any] | None) -> bool:
+    return bool(stage) and stage.get("status") in ("ok", "n/a")
+
+
+def totals(out: dict[str, Any]) -> list[str]:
+    """Markdown lines: per stage, how many of the models that ran passed; MACs reached; compress vs tp alone."""
+    ran = [r for r in out["rows"] if not r.get("status", "").startswith("skipped")]
+    skipped = [r["name"] for r in out["rows"] if r.get("status", "").startswith("skipped")]
+    stages = [s for s in ("analyze", "prune", "onnx", *out.get("kinds", {}), "tp_alone") if any(s in r for r in ran)]
+    lines = [f"- models: {len(out['rows'])}; ran {len(ran)}; skipped for memory {len(skipped)}"
+             + (f" ({', '.join(skipped)})" if skipped else "")]
+    for s in stages:
+        ok = [r for r in ran if _passed(r.get(s))]
+        lines.append(f"- {s}: {len(ok)}/{len(ran)} passed" + ("" if len(ok) == len(ran) else
+                     f"; failed: {', '.join(r['name'] for r in ran if not _passed(r.get(s)))}"))
+    fractions = {r["name"]: r["prune"]["macs_after"] / r["prune"]["macs_before"] for r in ran
+                 if (r.get("prune") or {}).get("status") == "ok" and r["prune"].get("macs_before")}
+    reached = [n for n, f in fractions.items() if f <= MAX_MACS]
+    lines.append(f"- prune 0.3 reaches <= {MAX_MACS} of the MACs: {len(reached)}/{len(ran)}"
+                 + (f"; above it: {', '.join(f'{n} ({f:.2f})' for n, f in fractions.items() if f > MAX_MACS)}"
+                    if len(reached) < len(fractions) else ""))
+    beyond = [r["name"] for r in ran if (r.get("prune") or {}).get("status") == "ok" and not _passed(r.get("tp_alone"))]
+    lines.append(f"- compress prunes where torch-pruning alone fails: {len(beyond)}"
+                 + (f" ({', '.join(beyond)})" if beyond else ""))
+    return lines
 
 
 def markdown(out: dict[str, Any]) -> str:
@@ -339,17 +373,19 @@ def markdown(out: dict[str, Any]) -> str:
               "(rolled back by compress' guard); onnx = the pruned model through onnxruntime vs eager; "
               "tp alone = torch-pruning's BasePruner at the same ratio; each model in its own subprocess "
               f"(timeout {out['timeout_s']:g} s).", ""]
+    lines += ["Totals:", "", *totals(out), ""]
+    kinds = [k for k in out.get("kinds", {}) if any(k in r for r in out["rows"])]
     rows, notes = [], []
     for r in out["rows"]:
         if r.get("status", "").startswith("skipped"):
             notes.append(f"- {r['name']}: {r['status']}")
             continue
         rows.append([r["name"], r.get("input", ""), *(_md_cell(r.get(s)) for s in ("analyze", "prune", "onnx",
-                                                                                     "tp_alone")),
+                                                                                     *kinds, "tp_alone")),
                      fmt(r.get("seconds"), ".0f")])
         for root_reason in (r.get("prune") or {}).get("skipped", []):
             notes.append(f"- {r['name']} / skipped group {root_reason}")
-    lines += [md_table(["model", "px", "analyze", "prune 0.3", "onnx", "tp alone", "s"], rows), ""]
+    lines += [md_table(["model", "px", "analyze", "prune 0.3", "onnx", *kinds, "tp alone", "s"], rows), ""]
     return "\n".join(lines + (["Notes (first skipped groups per model, skipped models):", "", *notes, ""] if notes
                               else []))
 

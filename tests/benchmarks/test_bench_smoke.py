@@ -105,3 +105,17 @@ def test_rendered_sections_say_slower_and_failures():
                     {"name": "huge", "status": "skipped: needs ~99 GiB > 24 GiB"}]}
     text = render.coverage_section(cov, None, rerun=False)
     assert "m / prune: Boom: bad" in text and "0/1 models passed" in text and "huge" in text
+
+
+def test_coverage_totals_from_a_real_row():
+    """totals() on a row that check_model measured (squeezenet at 64 px) plus a failed and a skipped one."""
+    row = coverage.check_model("squeezenet1_1", 64, limit=1)
+    failed = {"name": "broken", "input": 64, "analyze": {"status": "ok"},
+              "prune": {"status": "error", "error": "CompressError: at module 'x'"}, "tp_alone": {"status": "ok"}}
+    out = {"kinds": coverage.KINDS, "rows": [row, failed, {"name": "huge", "status": "skipped: needs ~99 GiB"}]}
+    lines = "\n".join(coverage.totals(out))
+    assert "models: 3; ran 2; skipped for memory 1 (huge)" in lines
+    assert "- analyze: 2/2 passed" in lines and "- prune: 1/2 passed; failed: broken" in lines
+    fraction = row["prune"]["macs_after"] / row["prune"]["macs_before"]
+    assert fraction <= coverage.MAX_MACS and f"reaches <= {coverage.MAX_MACS} of the MACs: 1/2" in lines
+    assert "n/a" in coverage.markdown({**common.context("x"), "ratio": 0.3, "timeout_s": 1, **out, "seconds": 1})
