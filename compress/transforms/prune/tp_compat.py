@@ -41,7 +41,7 @@ from .budget import protected
 from .layer_roles import layer_width
 from .where import tp_errors
 
-__all__ = ["ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
+__all__ = ["channel_agnostic_gates", "ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
            "shuffle_permutation", "customized_pruners", "traceable", "link_index_maps", "order_split_outputs",
            "build_graph", "GRAPH_BUILDING", "GRAPH_HINT", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins",
            "prune_group", "replay_history"]
@@ -226,13 +226,28 @@ def customized_pruners() -> dict[type, tp.pruner.BasePruningFunc]:
     return {ChannelShuffle: ChannelShufflePruner(), ChannelPermute: ChannelPermutePruner()}
 
 
+def channel_agnostic_gates() -> tuple[type, ...]:
+    """Module types that scale each channel by a gate computed *across* channels with no parameter sized by the
+    channel count: ECA (timm's ``EcaModule`` / ``CecaModule``: a 1-D conv over the pooled channel vector). They
+    work unchanged at any width, so pruning never touches them; but tp traces their view-as-sequence conv and
+    couples every channel with its neighbours through index maps, which on timm's ECA-ResNets took longer than
+    the prune time budget (ecaresnet26t at 64 px: torch-pruning alone 154 s, compress stopped at 120 s)."""
+    try:
+        from timm.layers import CecaModule, EcaModule
+    except ImportError:
+        return ()
+    return (EcaModule, CecaModule)
+
+
 @contextlib.contextmanager
 def traceable(model: nn.Module, pruners: Mapping[type, tp.pruner.BasePruningFunc] | None = None) -> Iterator[None]:
     """While active, tp can trace ``model``: grad on (frozen parameters too), modes restored, shuffles as one op.
 
     A forward hook swaps each :class:`ChannelShuffle` output for the identical ``index_select`` of its input, so
     autograd links the shuffle directly to its producer (tp would otherwise trace the internal view/transpose)
-    and records the channel count for :class:`ChannelShufflePruner`.
+    and records the channel count for :class:`ChannelShufflePruner`. Likewise each :func:`channel_agnostic_gates`
+    module's output is replaced by the same values linked to its input by element-wise ops only: tp sees the
+    channels pass through, not the gate's internals.
     """
     shuffle_pruner = (pruners or {}).get(ChannelShuffle)
 
@@ -241,8 +256,14 @@ def traceable(model: nn.Module, pruners: Mapping[type, tp.pruner.BasePruningFunc
         shuffle_pruner.channels[module] = x.shape[1]
         return x.index_select(1, shuffle_permutation(x.shape[1], module.groups).to(x.device))
 
+    def gate_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        return output.detach() + (x - x.detach())  # the same values; autograd sees x passed through
+
+    gates = channel_agnostic_gates()
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if shuffle_pruner is not None and isinstance(m, ChannelShuffle)]
+    handles += [m.register_forward_hook(gate_hook) for m in model.modules() if gates and isinstance(m, gates)]
     frozen = [p for p in model.parameters() if not p.requires_grad]
     hooks_before = {m: set(m._forward_hooks) for m in model.modules()}
     try:

@@ -216,3 +216,41 @@ def test_split_outputs_map_to_the_consumer_of_each_part():
         assert model.a.in_channels == 8 - sum(c < 8 for c in dead)
         with torch.no_grad():
             assert torch.equal(model(x), ref)  # removing zero channels (and the weights reading them) is exact
+
+
+class _EcaNet(nn.Module):
+    """conv -> BN -> ReLU -> timm EcaModule -> conv -> BN -> ReLU -> pool -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import EcaModule
+
+        self.conv1, self.bn1 = nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.eca = EcaModule(32)
+        self.conv2, self.bn2 = nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.eca(torch.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.relu(self.bn2(self.conv2(x))).mean(dim=(2, 3)))
+
+
+def test_eca_gate_is_traced_as_a_channel_pass_through_and_prunes():
+    """tp used to trace ECA's 1-D conv over the channel vector (slow on ECA-ResNets); now it sees channels pass
+    through: the gate's conv is no graph node, conv1's group reaches conv2, and the pruned model runs with the
+    ECA module untouched (its parameters do not depend on the width)."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = _EcaNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    graph = build_graph(model, x[:1])
+    assert model.eca.conv not in graph.module2node
+    group = graph.get_pruning_group(model.conv1, tp.prune_conv_out_channels, [0, 1])
+    assert model.conv2 in {item.dep.target.module for item in group}
+    eca_before = copy.deepcopy(model.eca.state_dict())
+    prune(model, x[:1], ratio=0.25, verbose=False)
+    assert model.conv1.out_channels == model.conv2.in_channels == 24
+    assert all(torch.equal(v, eca_before[k]) for k, v in model.eca.state_dict().items())
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
