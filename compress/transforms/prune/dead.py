@@ -336,7 +336,9 @@ class _Remover:
         return why. Returns ``(problem or None, relative output error on the probe batches)``."""
         from .guard import GroupGuard, Snapshot, model_objects  # guard imports this module's model_outputs
 
-        guard = GroupGuard(self.model, self.example_inputs)
+        if getattr(self, "_guard", None) is None:  # one reference forward per removal pass, not per try
+            self._guard = GroupGuard(self.model, self.example_inputs)
+        guard = self._guard
         with protected():
             snapshot = Snapshot(model_objects(self.graph, self.origins))
         try:
