@@ -52,15 +52,30 @@ COLUMNS = ("model", "batch", "variant", "ms", "iqr_ms", "speedup", "latency_rati
 
 
 def compare_variants(variants: dict[str, nn.Module], x: torch.Tensor, *, device: str, batch: int,
-                     dtype: torch.dtype, channels_last: bool, runs: int, fold_bn: bool = True) -> list[dict[str, Any]]:
-    """Time the variants interleaved (first = original) and add MACs ratio and latency efficiency per row."""
-    comp = compare_latency(variants, x, device=device, batch_sizes=(batch,), dtype=dtype,
-                           channels_last=channels_last, runs=runs, fold_bn=fold_bn)
+                     dtype: torch.dtype, channels_last: bool, runs: int, fold_bn: bool = True,
+                     runtime: str = "torch") -> list[dict[str, Any]]:
+    """Time the variants interleaved (first = original) and add MACs ratio and latency efficiency per row.
+
+    ``runtime`` other than ``torch``: every variant is a checked, BN-folded session of that runtime
+    (:mod:`compress.measurement.runtimes`), timed interleaved with the others in it."""
+    if runtime == "torch":
+        comp = compare_latency(variants, x, device=device, batch_sizes=(batch,), dtype=dtype,
+                               channels_last=channels_last, runs=runs, fold_bn=fold_bn)
+        timed = comp.rows()
+        base = comp.results["original"].stats[batch]
+        base_ms, base_iqr = base.median_ms, base.iqr_ms
+    else:
+        comp = compare_latency(variants, x, device=device, batch_sizes=(batch,), dtype=dtype,
+                               channels_last=channels_last, runs=runs, runtimes=(runtime,))
+        timed = [r for r in comp.runtime_rows() if r["runtime"] == runtime]
+        if any(r.get("skipped") for r in timed):
+            raise SystemExit(f"runtime {runtime} could not time the variants: {timed[0]['skipped']}")
+        base_ms, base_iqr = timed[0]["baseline_ms"], timed[0]["baseline_iqr_ms"]
+        timed = timed[1:]
     base_macs = cost(variants["original"], x).macs
-    base = comp.results["original"].stats[batch]
-    rows = [{"variant": "original", "ms": base.median_ms, "iqr_ms": base.iqr_ms, "speedup": 1.0,
+    rows = [{"variant": "original", "ms": base_ms, "iqr_ms": base_iqr, "speedup": 1.0,
              "latency_ratio": 1.0, "macs_ratio": 1.0, "efficiency": 1.0, "verdict": "baseline"}]
-    for row in comp.rows():
+    for row in timed:
         macs_ratio = cost(variants[row["model"]], x).macs / base_macs
         speedup = row["ratio"]
         rows.append({"variant": row["model"], "ms": row["compressed_ms"], "iqr_ms": row["compressed_iqr_ms"],
@@ -195,7 +210,7 @@ def uniform_at_latency(model: nn.Module, x: torch.Tensor, *, latency_ratio: floa
     variants = {"original": model} | {f"{r:.3f}": uniform_prune(model, x, ratio=r, round_to=round_to)
                                       for r in ratios}
     rows = compare_variants(variants, x, device="cpu", batch=batch, dtype=torch.float32, channels_last=False,
-                            runs=args.runs, fold_bn=args.fold_bn)[1:]
+                            runs=args.runs, fold_bn=args.fold_bn, runtime=args.runtime)[1:]
     fast = [r for r in rows if r["latency_ratio"] <= latency_ratio]
     chosen = min(fast, key=lambda r: float(r["variant"])) if fast else min(rows, key=lambda r: r["latency_ratio"])
     return variants[chosen["variant"]], float(chosen["variant"])
@@ -209,7 +224,8 @@ def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -
     p = plan(model, x, PlanOptions(target={"latency": args.target}, device="cpu", batch=batch,
              forms=tuple(args.forms), max_iters=args.max_iters, max_widths=args.max_widths, min_keep=args.min_keep,
              min_keep_limit=args.min_keep_limit, tolerance=args.tolerance, table_runs=args.table_runs, runs=args.runs,
-             cache_dir=args.cache_dir, fold_bn=args.fold_bn), calib=calib, verbose=args.verbose)
+             cache_dir=args.cache_dir, fold_bn=args.fold_bn or args.runtime != "torch", runtime=args.runtime),
+             calib=calib, verbose=args.verbose)
     planned = apply_plan(copy.deepcopy(model), p, x, calib=list(itertools.islice(calib, 4)) if calib else None)
     uniform, ratio = uniform_at_macs(model, x, macs=cost(planned, x).macs, round_to=p.align)
     variants = {"original": model, "planned": planned, f"uniform tp (ratio {ratio:.2f})": uniform}
@@ -218,7 +234,7 @@ def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -
                                               args=args)
         variants[f"uniform tp at planned latency (ratio {fast_ratio:.2f})"] = fast
     rows = compare_variants(variants, x, device="cpu", batch=batch, dtype=torch.float32, channels_last=False,
-                            runs=args.runs, fold_bn=args.fold_bn)
+                            runs=args.runs, fold_bn=args.fold_bn, runtime=args.runtime)
     for row, m in zip(rows, variants.values()):
         row.update(model=name, batch=batch, top1=_top1(m, test, bn_batches),
                    top1_finetuned=_finetuned_top1(m, model, train, test, bn_batches, args) if m is not model
@@ -241,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="cases to run (default: all, or all but resnet18:64 with --quick)")
     parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                         help="time models with their BatchNorms (default: BN-folded deploy form on every side)")
+    parser.add_argument("--runtime", default="torch",
+                        help="runtime the plan is made for and every variant is timed in (compress.measurement."
+                             "runtimes names: torch, onnxruntime, openvino, ...; default torch, eager)")
     parser.add_argument("--target", type=float, default=0.5, help="latency target (fraction of the original)")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="the planner counts its target met up to target + tolerance (default 0: <= target)")
@@ -263,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = args.cases or [c for c in CASES if not (quick and c == "resnet18:64")]
     cases = [CASES[c] for c in chosen]
     command = "PYTHONPATH=. python benchmarks/plan_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = ["# Latency-aware planning on CPU", "", f"- command: `{command.strip()}`", *machine_lines("cpu"), ""]
+    header = [f"# Latency-aware planning on CPU ({args.runtime})", "", f"- command: `{command.strip()}`", *machine_lines("cpu"), ""]
     rows, notes = [], []
     for name, build, batch in cases:
         print(f"== {name}, batch {batch}", flush=True)

@@ -27,6 +27,8 @@ LOG = logging.getLogger(__name__)
 # Data options that change what a trained baseline learns (loader plumbing like workers does not).
 _DATA_KEYS = ("source", "root", "resize", "channels", "normalize", "augment", "batch_size", "train_subset",
               "val_size", "image_size", "num_classes", "synthetic_size")
+# ... and those that do only when set (absent from keys made before they existed, so those stay valid)
+_DATA_KEYS_IF_SET = ("mean", "std")
 
 
 def default_cache_dir() -> Path:
@@ -38,7 +40,8 @@ def baseline_cache_key(model: ModelConfig, data: DataConfig, train: dict[str, An
     """A hash of everything that determines the trained baseline's weights."""
     payload = {
         "model": to_plain(model.spec()),
-        "data": {k: to_plain(getattr(data, k)) for k in _DATA_KEYS},
+        "data": {k: to_plain(getattr(data, k)) for k in _DATA_KEYS
+                 + tuple(k for k in _DATA_KEYS_IF_SET if getattr(data, k) is not None)},
         "train": to_plain(train),
         "seed": seed,
         "torch": torch.__version__.split("+")[0],

@@ -31,6 +31,9 @@ def test_cache_key_changes_with_what_matters():
     # loader plumbing does not change the trained weights
     assert baseline_cache_key(MODEL, DataConfig(source="synthetic", synthetic_size=64, image_size=8, val_size=8,
                                                 batch_size=16, workers=2, eval_batch_size=7), TRAIN, 0) == base
+    # custom normalisation statistics change the weights; without them the key is the one made before they existed
+    import dataclasses
+    assert baseline_cache_key(MODEL, dataclasses.replace(DATA, mean=[0.3], std=[0.4]), TRAIN, 0) != base
 
 
 def test_checkpoint_is_loaded_not_trained(tmp_path, isolated_cache):

@@ -26,6 +26,9 @@ class DataConfig(Config):
         resize: square side to resize to (``None`` keeps the native size).
         channels: replicate grey images to 3 channels (``3``) or keep them (``None``/``1``).
         normalize: standardise with the dataset's mean/std.
+        mean / std: per-channel statistics to standardise with instead of the source's (one value per channel
+            the images have after ``channels``, or one for all); both or neither. The source's defaults:
+            Fashion-MNIST's and CIFAR-10's own, ImageNet's for 3-channel image folders, 0.5 / 0.5 for grey ones.
         augment: random crop (pad 2 / 4) and horizontal flip on the training split.
         batch_size / eval_batch_size: loader batch sizes.
         train_subset / test_subset: use only the first N images (smoke runs); ``None`` = all.
@@ -41,6 +44,8 @@ class DataConfig(Config):
     resize: int | None = None
     channels: int | None = None
     normalize: bool = True
+    mean: list[float] | None = None
+    std: list[float] | None = None
     augment: bool = False
     batch_size: int = 128
     eval_batch_size: int = 512
@@ -60,6 +65,16 @@ class DataConfig(Config):
               "one of " + ", ".join(repr(s) for s in SOURCES) + " or a factory 'package.module:function'", self.source)
         check(not self.kwargs or is_factory(self.source), "kwargs", "empty unless source is a factory",
               self.kwargs)
+        check((self.mean is None) == (self.std is None), "mean", "given together with std (both or neither)",
+              self.mean)
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            check(value is None or len(value) in (1, 3), name, "a list of 1 or 3 numbers, or null", value)
+        check(self.std is None or all(v > 0 for v in self.std), "std", "positive numbers", self.std)
+        check(self.mean is None or len(self.mean) == len(self.std), "std", "as many values as mean", self.std)
+        grey = self.source == "fashion-mnist" or self.channels == 1  # standardised before any replication
+        check(self.mean is None or not grey or len(self.mean) == 1, "mean",
+              "one value (the images are grey when standardised)", self.mean)
         check(self.resize is None or 8 <= self.resize <= 1024, "resize", "an integer in 8..1024 or null", self.resize)
         check(self.channels in (None, 1, 3), "channels", "1, 3 or null", self.channels)
         check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)

@@ -18,7 +18,7 @@ from .idx import read_idx
 from .split import dataset_labels, stratified_sample
 from .tensors import TensorImages, prepare_images
 
-__all__ = ["load_source", "preprocessing", "DEBIAN_FASHION_MNIST", "FASHION_MNIST_FILES"]
+__all__ = ["load_source", "preprocessing", "normalization", "DEBIAN_FASHION_MNIST", "FASHION_MNIST_FILES"]
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -32,6 +32,17 @@ _CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 Splits = tuple[Dataset, Dataset, int]
+
+
+def normalization(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` the images of ``cfg`` are standardised with (``None``: not normalised): the recipe's
+    ``mean``/``std`` when given, else the source's statistics (``None`` for synthetic and factory sources)."""
+    if not cfg.normalize:
+        return None
+    if cfg.mean is not None:
+        return tuple(map(float, cfg.mean)), tuple(map(float, cfg.std))
+    return {"fashion-mnist": _FMNIST_STATS, "cifar10": _CIFAR_STATS,
+            "imagefolder": _IMAGENET_STATS if (cfg.channels or 3) == 3 else ((0.5,), (0.5,))}.get(cfg.source)
 
 
 def _find_idx(root: Path, stem: str) -> Path | None:
@@ -68,7 +79,7 @@ def _fashion_mnist(cfg: DataConfig, seed: int) -> Splits:
             raise CompressError(f"data.root: {root} has no {stem}.gz (expected the four Fashion-MNIST IDX files; "
                                 "`apt-get install -y dataset-fashion-mnist` provides them)")
         paths[key] = path
-    mean, std = _FMNIST_STATS if cfg.normalize else (None, None)
+    mean, std = normalization(cfg) or (None, None)
 
     def split(images_key: str, labels_key: str, subset: int | None, augment: bool) -> TensorImages:
         images = read_idx(paths[images_key])
@@ -97,7 +108,7 @@ def _cifar10(cfg: DataConfig, seed: int) -> Splits:
     except RuntimeError as err:
         raise CompressError(f"data.root: {root}: CIFAR-10 not found or corrupted ({err}); expected torchvision's "
                             "cifar-10-batches-py folder (downloads are disabled)") from None
-    mean, std = _CIFAR_STATS if cfg.normalize else (None, None)
+    mean, std = normalization(cfg) or (None, None)
 
     def split(raw, subset: int | None, augment: bool) -> TensorImages:
         images = torch.from_numpy(raw.data).permute(0, 3, 1, 2)
@@ -125,15 +136,15 @@ def _imagefolder(cfg: DataConfig, seed: int) -> Splits:
                             "each with one folder of images per class")
     size = cfg.resize or cfg.image_size
     channels = cfg.channels or 3
-    mean, std = _IMAGENET_STATS if channels == 3 else ((0.5,), (0.5,))
     steps = [transforms.Resize((size, size))]
     if channels == 1:
         steps.append(transforms.Grayscale(1))
     else:
         steps.append(transforms.Lambda(lambda im: im.convert("RGB")))
     steps.append(transforms.ToTensor())
-    if cfg.normalize:
-        steps.append(transforms.Normalize(mean, std))
+    stats = normalization(cfg)
+    if stats is not None:
+        steps.append(transforms.Normalize(*stats))
     train_steps = ([transforms.RandomResizedCrop(size, scale=(0.6, 1.0)), transforms.RandomHorizontalFlip()]
                    if cfg.augment else [])
     try:
@@ -187,9 +198,7 @@ def preprocessing(cfg: DataConfig, input_shape: tuple[int, ...]) -> dict:
         ``resize`` x ``resize`` (bilinear, antialiased; ``None``: native), grey replicated to ``channels``, then
         ``(x - mean) / std`` per channel (``None``: not normalised).
     """
-    stats = {"fashion-mnist": _FMNIST_STATS, "cifar10": _CIFAR_STATS,
-             "imagefolder": _IMAGENET_STATS if (cfg.channels or 3) == 3 else ((0.5,), (0.5,))}.get(cfg.source)
-    mean, std = stats if (stats is not None and cfg.normalize) else (None, None)
+    mean, std = normalization(cfg) or (None, None)
     native = cfg.source in ("fashion-mnist", "cifar10")
     return {"source": cfg.source, "input_shape": list(input_shape), "layout": "NCHW", "dtype": "float32",
             "scale": 1 / 255 if cfg.source != "synthetic" else None,

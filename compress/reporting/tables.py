@@ -6,6 +6,7 @@ from typing import Any
 
 from . import fmt
 from .schema import BEFORE_RECONSTRUCTION
+from ..measurement.latency import BURST_MS
 
 __all__ = ["Section", "sections", "verdict_lines", "slower_lines"]
 
@@ -86,9 +87,13 @@ def _latency(r: dict[str, Any]) -> Section:
              f"{fmt.ms(row['baseline_ms'])} ± {fmt.ms(row['baseline_iqr_ms'])}",
              f"{fmt.ms(row['compressed_ms'])} ± {fmt.ms(row['compressed_iqr_ms'])}", fmt.ratio(row["ratio"]),
              row["verdict"], row.get("vs_torch") or "-"] for row in r["latency"]]
-    lines = ["Median ms per batch ± interquartile range; models timed interleaved in one process (every runtime's "
-             "sessions in the same rounds); speed-up = baseline / compressed; 'vs eager torch' compares the "
-             "compressed model in that runtime with itself in eager PyTorch."] if rows else \
+    lines = ["Median ms per batch ± interquartile range; models timed interleaved in one process, one runtime "
+             "after another (a runtime's thread pool spin-waits after its calls and would take the next one's "
+             "cores); speed-up = baseline / compressed within one runtime; 'vs eager torch' compares the "
+             "compressed model in that runtime with itself in eager PyTorch (timed in another block). A call "
+             "shorter than "
+             f"{BURST_MS:g} ms is timed warm: per round, one untimed call, then the mean of a burst of "
+             "consecutive calls (as a model serving requests runs)."] if rows else \
         ["Latency was not measured."]
     lines += [f"**{line}**" for line in slower_lines(r)]
     if any(row.get("bn_folded") for row in r["latency"]):

@@ -132,3 +132,48 @@ def test_stratified_draw_is_proportional_on_unbalanced_classes():
     rest, drawn = stratified_split(labels, 10, seed=0)
     assert torch.bincount(labels[drawn], minlength=3).tolist() == [7, 2, 1]
     assert sorted(rest + drawn) == list(range(100)) and not set(rest) & set(drawn)
+
+
+def test_mean_and_std_come_together_and_fit_grey_images():
+    from compress.config import parse
+    from compress.errors import ConfigError
+
+    def data(**fields):
+        return parse(DataConfig, fields, file="r.yaml", path="data")
+
+    with pytest.raises(ConfigError, match="data.mean: expected given together with std"):
+        data(mean=[0.3])
+    with pytest.raises(ConfigError, match="data.std: expected positive numbers"):
+        data(mean=[0.3], std=[0.0])
+    with pytest.raises(ConfigError, match="data.mean: expected one value"):
+        data(mean=[0.3, 0.3, 0.3], std=[0.4, 0.4, 0.4])
+    with pytest.raises(ConfigError, match="data.std: expected a list of a number"):
+        data(mean=[0.3], std="wide")
+    assert data(source="imagefolder", root="x", mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2]).mean[2] == 0.3
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_written_to_class_folders_reads_back_bit_identically(tmp_path):
+    """The same images through the IDX source and through PNG class folders (with the IDX source's mean/std)
+    are the same tensors: an ImageFolder run of Fashion-MNIST sees what the IDX run sees."""
+    from PIL import Image
+
+    from compress.data.idx import read_idx
+    from compress.data.sources import normalization
+    from compress.data.tensors import prepare_images
+
+    images = read_idx(Path(DEBIAN_FASHION_MNIST, "t10k-images-idx3-ubyte.gz"))[:40]
+    labels = read_idx(Path(DEBIAN_FASHION_MNIST, "t10k-labels-idx1-ubyte.gz"))[:40]
+    for split in ("train", "test"):
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = tmp_path / split / f"{int(label):02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.numpy()).save(folder / f"{i:05d}.png")
+    mean, std = normalization(DataConfig())
+    data = build_data(DataConfig(source="imagefolder", root=str(tmp_path), resize=28, channels=1, mean=list(mean),
+                                 std=list(std), val_size=0, calib_size=8, eval_batch_size=64))
+    x, y = next(iter(data.test))
+    order = sorted(range(40), key=lambda i: (int(labels[i]), i))  # ImageFolder: class folders, then file names
+    expected = prepare_images(images[order].unsqueeze(1), resize=None, mean=mean, std=std)
+    assert torch.equal(y, labels[order].long())
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)

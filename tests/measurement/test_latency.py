@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import time
 
 import pytest
@@ -77,16 +78,39 @@ def test_cuda_request_without_cuda_is_a_user_error():
         latency(tiny(), X, device="cuda")
 
 
-def test_compare_interleaves_models_and_reverses_order_each_round():
+def _logged(names: tuple[str, ...]) -> tuple[dict[str, nn.Module], list[str]]:
     calls: list[str] = []
-    models = {name: tiny() for name in ("a", "b")}
+    models = {name: tiny() for name in names}
     for name, m in models.items():
         m.register_forward_hook(lambda mod, args, out, n=name: calls.append(n))
     # hooks are deep-copied with the models, so the copies being timed log their calls
+    return models, calls
+
+
+def test_compare_interleaves_models_and_reverses_order_each_round(monkeypatch):
+    latency_module = importlib.import_module("compress.measurement.latency")  # the package's `latency` is the function
+
+    monkeypatch.setattr(latency_module, "BURST_MS", 0.0)  # every call "long": one timed call per round
+    models, calls = _logged(("a", "b"))
     compare_latency(models, X, batch_sizes=(1,), runs=20, warmup=2)
-    timed = calls[4:]  # 2 warm-up calls per model come first
-    assert calls[:4] == ["a", "a", "b", "b"]
-    assert timed == ["a", "b", "b", "a"] * 10
+    # 2 warm-up calls per model, then 2 probe calls each (how long one call takes), then the rounds
+    assert calls[:8] == ["a", "a", "b", "b", "a", "a", "b", "b"]
+    assert calls[8:] == ["a", "b", "b", "a"] * 10
+
+
+def test_short_calls_are_timed_as_warm_bursts_still_interleaved(monkeypatch):
+    import itertools
+
+    latency_module = importlib.import_module("compress.measurement.latency")  # the package's `latency` is the function
+
+    monkeypatch.setattr(latency_module, "BURST_MS", 1e6)  # every call "short": the longest burst
+    models, calls = _logged(("a", "b"))
+    comp = compare_latency(models, X, batch_sizes=(1,), runs=20, warmup=2)
+    runs = [(name, len(list(group))) for name, group in itertools.groupby(calls[8:])]
+    burst = 1 + latency_module.MAX_BURST  # one untimed call, then the timed burst
+    # rounds alternate a,b / b,a: the bursts of the two rounds around each turn meet
+    assert runs == [("a", burst)] + [("b", 2 * burst), ("a", 2 * burst)] * 9 + [("b", 2 * burst), ("a", burst)]
+    assert all(len(comp.results[n].samples_ms[1]) == 20 for n in ("a", "b"))  # one sample (a burst mean) a round
 
 
 def test_compare_verdicts_follow_the_measured_direction():

@@ -5,6 +5,8 @@ runs itself.
 """
 from __future__ import annotations
 
+import importlib
+
 import copy
 
 import pytest
@@ -204,8 +206,12 @@ def test_compare_latency_across_torch_and_onnxruntime():
     assert ort.info["intra_op_num_threads"] == 2 and len(ort.samples_ms["small"]) == 20
 
 
-def test_all_sessions_are_timed_interleaved(scratch_runtime):
+def test_all_sessions_are_timed_interleaved(scratch_runtime, monkeypatch):
+    # every call counts as long: one timed call per round (short ones are timed as bursts: test_latency.py)
+    monkeypatch.setattr(importlib.import_module("compress.measurement.latency"), "BURST_MS", 0.0)
+    monkeypatch.setattr(importlib.import_module("compress.measurement.latency"), "QUIET_S", 0.0)
     calls: list[tuple[str, int]] = []
+    models_seen: list[tuple[str, object]] = []
 
     class Logging(Runtime):
         def build(self, model, x, *, device, dtype, threads, channels_last):
@@ -213,6 +219,7 @@ def test_all_sessions_are_timed_interleaved(scratch_runtime):
 
             def run(native):
                 calls.append((name, native.shape[0]))
+                models_seen.append((name, model))
                 return model(native)
 
             return Session(runtime=name, device=str(device), dtype="float32", threads=threads, batch=x.shape[0],
@@ -220,12 +227,16 @@ def test_all_sessions_are_timed_interleaved(scratch_runtime):
 
     scratch_runtime(type("A", (Logging,), {"name": "log-a"}))
     scratch_runtime(type("B", (Logging,), {"name": "log-b"}))
-    compare_latency({"m": net()}, X, runtimes=("log-a", "log-b"), batch_sizes=(2,), runs=20, warmup=2)
+    compare_latency({"m": net(), "n": net()}, X, runtimes=("log-a", "log-b"), batch_sizes=(2,), runs=20, warmup=2)
     assert {batch for _, batch in calls} == {2}
     names = [name for name, _ in calls]
-    assert names[:2] == ["log-a", "log-b"]  # each session's numerics check, as it is built
-    assert names[2:6] == ["log-a", "log-a", "log-b", "log-b"]  # warm-up
-    assert names[6:] == ["log-a", "log-b", "log-b", "log-a"] * 10  # timed rounds, order reversed every other
+    assert names[:4] == ["log-a", "log-a", "log-b", "log-b"]  # each session's numerics check, as it is built
+    # one runtime after the other (another runtime's spinning thread pool would take the cores) ...
+    assert names[4:4 + 48] == ["log-a"] * 48 and names[4 + 48:] == ["log-b"] * 48  # 2 sessions x (2 + 2 + 20)
+    # ... and within one runtime, the models' sessions interleaved, the order reversed every other round
+    order = [id(model) for _, model in models_seen[12:52]]  # after 4 checks, 4 warm-up and 4 probe calls
+    first, second = order[0], order[1]
+    assert first != second and order == [first, second, second, first] * 10
 
 
 def test_bad_runtime_arguments():

@@ -132,7 +132,8 @@ def _group_objects(graph: tp.DependencyGraph, group: Group) -> list[Any]:
     objects: list[Any] = [graph, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
     for item in group:
         for node in (item.dep.source, item.dep.target):
-            objects += [node, node.module]
+            # a module's pruner may also cut its children (nn.MultiheadAttention's out_proj): snapshot them too
+            objects += [node, *(node.module.modules() if isinstance(node.module, nn.Module) else [node.module])]
             if isinstance(node.module, nn.Parameter):  # tp replaces an unwrapped parameter on its parent
                 path = graph._param_to_name.get(node.module, "")
                 objects.append(graph.model.get_submodule(path.rpartition(".")[0]))

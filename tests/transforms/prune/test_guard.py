@@ -239,3 +239,23 @@ def test_an_unreachable_macs_target_states_the_shortfall_and_the_skipped_groups(
     assert result.shortfall == pytest.approx(result.macs_fraction - 0.2, abs=1e-6) and result.shortfall > 0
     assert sorted(s.root for s in result.skipped) == ["mix.convs.0", "mix.convs.1"]
     assert result.to_dict()["shortfall"] == result.shortfall
+
+
+def test_a_rolled_back_group_restores_the_children_its_pruner_cut():
+    """tp's MultiheadAttention pruner also cuts ``out_proj`` (a child the group does not list): a failing group
+    that reaches an attention layer must restore it too, or the next check fails on an attention left half-cut
+    (torchvision ViT raised ``mat1 and mat2 shapes cannot be multiplied`` out of prune)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64,
+                              mlp_dim=128, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = prune(model, x[:1], ratio=0.3, importance="l2")
+    # the residual (hidden) group breaks the patch reshape: skipped with that reason, attention left whole
+    assert any("invalid for input" in s.reason for s in result.skipped)
+    for layer in model.encoder.layers:
+        attention = layer.self_attention
+        assert attention.out_proj.weight.shape == (64, 64) and attention.in_proj_weight.shape == (192, 64)
+    assert result.macs_after < result.macs_before  # the MLP hidden layers still prune
+    assert model(x).shape == (2, 10)
