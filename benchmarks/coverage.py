@@ -389,6 +389,8 @@ def markdown(out: dict[str, Any]) -> str:
               f"{NUMERICS_RTOL:g}; "
               "tp alone = torch-pruning's BasePruner at the same ratio; each model in its own subprocess "
               f"(timeout {out['timeout_s']:g} s).", ""]
+    if out.get("partial"):
+        lines += [f"- sweep state: {out['partial']} (models not listed were not reached)", ""]
     lines += ["Totals:", "", *totals(out), ""]
     kinds = [k for k in out.get("kinds", {}) if any(k in r for r in out["rows"])]
     rows, notes = [], []

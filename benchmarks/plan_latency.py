@@ -16,6 +16,10 @@ Usage::
     PYTHONPATH=. python benchmarks/plan_latency.py --quick        # small ResNet b1/b64, ResNet-18 b1
     PYTHONPATH=. python benchmarks/plan_latency.py                # all cases, batch 1 and 64
     PYTHONPATH=. python benchmarks/plan_latency.py --quick --cases small:1 small:64 resnet18:1 resnet18:64
+    PYTHONPATH=. python benchmarks/plan_latency.py --quick --runtime onnxruntime   # planned and timed in ORT
+
+With ``--runtime`` other than ``torch`` the plan is made for that runtime (its latency table and closed loop
+measured in it) and every variant is timed as a BN-folded session of it, the original's included.
 """
 from __future__ import annotations
 

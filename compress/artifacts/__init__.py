@@ -18,13 +18,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..io import atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text
 from .onnx_file import ONNX_FILE, write_onnx
 
 __all__ = ["ARTIFACT_FILES", "write_artifacts", "architecture"]
@@ -68,7 +69,12 @@ def _safetensors(model: nn.Module, out: Path) -> dict[str, Any]:
     from safetensors.torch import load_file, save_model
 
     path = out / "model.safetensors"
-    save_model(model.to("cpu"), str(path))  # shared tensors are stored once (save_model dedups them)
+    # save_model writes its file itself (mode 0600, not atomic): write it aside, then atomically, readable like
+    # every other output
+    with tempfile.TemporaryDirectory(dir=out, prefix=".safetensors.") as tmp:
+        aside = Path(tmp) / path.name
+        save_model(model.to("cpu"), str(aside))  # shared tensors are stored once (save_model dedups them)
+        atomic_write_bytes(path, aside.read_bytes())
     loaded = load_file(str(path))
     state = model.state_dict()
     mismatched = [k for k, v in loaded.items() if k not in state or not torch.equal(state[k].cpu(), v)]

@@ -3,7 +3,10 @@
 ``val`` is held out of the training split (early stopping, never the test set); ``calib`` is a fixed draw from
 the held-in training images without augmentation (analysis, BatchNorm re-calibration, Taylor importance). Both,
 and the ``train_subset`` / ``test_subset`` of every source, are seeded stratified draws
-(:mod:`compress.data.split`): each holds every class in proportion, and ``run.json`` records the counts.
+(:mod:`compress.data.split`): each holds every class in proportion, and ``run.json`` records the counts. The
+training split is in class-major order before the seeded shuffle, so the same images stored class by class (an
+image folder) or interleaved (IDX files) train on the same batches; calibration batches are a seeded mix of every
+class (batches of one class would give BatchNorm re-calibration each class' variance instead of the data's).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from .config import SOURCES, DataConfig
 from .factory import UserData, is_factory, load_factory
 from .idx import read_idx
 from .sources import load_source, preprocessing
-from .split import SPLIT_VERSION, class_counts, dataset_labels, stratified_sample, stratified_split
+from .split import SPLIT_VERSION, class_counts, class_major, dataset_labels, mixed, stratified_sample, stratified_split
 
 __all__ = ["DataBundle", "DataConfig", "build_data", "read_idx", "SOURCES"]
 
@@ -89,19 +92,21 @@ def build_data(cfg: DataConfig, *, seed: int = 0, splits: Mapping[str, Any] | No
     labels = dataset_labels(train_full)
     if given_val is not None:
         held_in, held_out, val_size = list(range(n)), [], len(given_val)
-        train, val = train_full, given_val
+        val = given_val
     else:
         val_size = min(cfg.val_size, n // 5) if n > 1 else 0
         held_in, held_out = stratified_split(labels, val_size, seed=seed + 1)
-        train = Subset(train_full, held_in) if val_size else train_full
         val = Subset(_without_augmentation(train_full), held_out) if val_size else None
+    # class-major: the seeded shuffle then draws the same batches whether the files are stored by class or not
+    held_in = class_major(held_in, labels)
+    train = Subset(train_full, held_in)
     given_calib = user.dataset("calib") if user is not None else None
     if given_calib is not None:
         calib, calib_positions = given_calib, None
     else:
         picked = stratified_sample(labels[torch.as_tensor(held_in, dtype=torch.long)],
                                    min(cfg.calib_size, len(held_in)), seed=seed + 2)
-        calib_positions = [held_in[i] for i in picked]
+        calib_positions = mixed([held_in[i] for i in picked], seed=seed + 3)  # batches of every class, not one
         calib = Subset(_without_augmentation(train_full), calib_positions)
     calib_n = len(calib)
     counts = {"train": class_counts(labels, held_in, num_classes=num_classes),

@@ -14,9 +14,13 @@ from torch.utils.data import Dataset
 
 from .checks import dataset_labels as read_labels
 
-__all__ = ["SPLIT_VERSION", "dataset_labels", "stratified_sample", "stratified_split", "class_counts"]
+__all__ = ["SPLIT_VERSION", "dataset_labels", "stratified_sample", "stratified_split", "class_counts", "class_major",
+           "mixed"]
 
-SPLIT_VERSION = 2  # 1: positional slices (first/last N); 2: seeded stratified draws. Part of the baseline cache key.
+# 1: positional slices (first/last N); 2: seeded stratified draws; 3: the same draws, the training split in class-major
+# order (so a seeded shuffle draws the same batches however the files are stored) and calibration batches mixed.
+# Part of the baseline cache key.
+SPLIT_VERSION = 3
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor:
@@ -61,6 +65,23 @@ def stratified_split(labels: torch.Tensor, k: int, *, seed: int) -> tuple[list[i
 def stratified_sample(labels: torch.Tensor, k: int, *, seed: int) -> list[int]:
     """``k`` positions of ``0..N-1`` drawn per class in proportion (sorted): :func:`stratified_split`'s draw."""
     return stratified_split(labels, k, seed=seed)[1]
+
+
+def class_major(positions: Sequence[int], labels: torch.Tensor) -> list[int]:
+    """``positions`` ordered by ``(label, position)``: class by class, each class in its own order.
+
+    A dataset stored class by class (an image folder) and the same images stored interleaved (IDX files) give the
+    same list, position for position (the k-th image of a class is the k-th either way), so a seeded shuffle of
+    it draws the same images in the same order from both.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    return sorted(positions, key=lambda i: (int(labels[i]), i))
+
+
+def mixed(positions: Sequence[int], *, seed: int) -> list[int]:
+    """``positions`` in a seeded random order (so fixed-order batches of them mix the classes)."""
+    order = torch.randperm(len(positions), generator=torch.Generator().manual_seed(seed))
+    return [positions[i] for i in order.tolist()]
 
 
 def class_counts(labels: torch.Tensor, indices: Sequence[int] | None = None, *, num_classes: int) -> list[int]:

@@ -5,17 +5,20 @@ the plan.
 
     - plan: {runtime: onnxruntime, device: cpu, batch: 64, target: {latency: 0.5}}
     - plan: {target: {latency: 0.5}, device: cpu, batch: 64, forms: [prune, separable, grouped, drop]}
+    - plan: {target: {macs: 0.5}, reconstruct: true}   # then refit the layers towards the original
 
-The step's options are :class:`~compress.planning.options.PlanOptions` themselves (every field of it), parsed
-strictly from the recipe, so the recipe and :func:`~compress.planning.plan` share one validation.
+The step's options are :class:`~compress.planning.options.PlanOptions` themselves (every field of it) plus
+``reconstruct``, parsed strictly from the recipe, so the recipe and :func:`~compress.planning.plan` share one
+validation.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from ..recipe.registry import register_step
-from ..records import StepDetails
+from ..transforms.reconstruct.step import Reconstruction, reconstruct_in_step
 from .apply import apply_plan
 from .options import PlanOptions
 from .planner import plan
@@ -24,12 +27,24 @@ from .result import Plan
 __all__ = ["PlanStep", "PlanDetails", "plan_step"]
 
 
-PlanStep = PlanOptions  # the step's options are the planner's: one set of fields, defaults and error wording
+@dataclass(frozen=True)
+class PlanStep(PlanOptions):
+    """Options of the ``plan`` step: the planner's own (:class:`~compress.planning.options.PlanOptions`: one set
+    of fields, defaults and error wording) plus the one below.
+
+    Attributes:
+        reconstruct: after applying the plan, refit the layers towards the original by least squares on the
+            step's ``calib_batches`` (:mod:`compress.transforms.reconstruct.step`); the step's recorded metrics
+            are then measured after the refit and its details carry the top-1 before it.
+    """
+
+    reconstruct: bool = False
 
 
 @dataclass(frozen=True)
-class PlanDetails(StepDetails):
-    """What the ``plan`` step planned, measured and applied.
+class PlanDetails(Reconstruction):
+    """What the ``plan`` step planned, measured and applied (and, with ``reconstruct: true``, the
+    :class:`~compress.transforms.reconstruct.step.Reconstruction` fields).
 
     Attributes:
         plan: the plan (target, choices, predicted and measured ratios, closed-loop rounds, verdict, notes).
@@ -38,11 +53,11 @@ class PlanDetails(StepDetails):
     plan: Plan
 
     def to_plain(self) -> dict[str, Any]:
-        return {**self.plan.as_dict(), "summary": self.plan.summary_lines()}
+        return {**self.plan.as_dict(), "summary": self.plan.summary_lines(), **self.reconstruction_plain()}
 
 
-@register_step("plan", PlanOptions, PlanDetails)
-def plan_step(ctx: Any, cfg: PlanOptions) -> PlanDetails:
+@register_step("plan", PlanStep, PlanDetails)
+def plan_step(ctx: Any, cfg: PlanStep) -> PlanDetails:
     """Plan per-layer widths and rewrites that meet a measured latency/MACs/params target in ``cfg.runtime``, and
     apply them."""
     from ..analysis import analyze
@@ -60,4 +75,7 @@ def plan_step(ctx: Any, cfg: PlanOptions) -> PlanDetails:
     result = D.broadcast_object(result)  # every rank applies the same plan
     apply_plan(ctx.model, result, ctx.example_inputs, calib=batches)
     ctx.analysis = None  # channel indices changed: the old analysis no longer describes the model
-    return PlanDetails(plan=result)
+    details = PlanDetails(plan=result)
+    if cfg.reconstruct:  # right after the plan its weights are slices of the original's: weight matching finds them
+        details = dataclasses.replace(details, **reconstruct_in_step(ctx, batches, kind="plan", details=details))
+    return details

@@ -4,6 +4,7 @@ reproduces the eager model's logits; ``model.json`` carries the architecture and
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 import textwrap
@@ -65,6 +66,12 @@ def test_artifacts_load_without_compress_and_match(tmp_path):
     loaded = _load_without_compress(tmp_path, batch, want)
     assert loaded["errors"]["pt2"] < 1e-5 and loaded["errors"]["onnx"] < 1e-4
     assert loaded["tensors"] == len(model.state_dict()) and loaded["preprocessing"]["std"] == [0.25]
+    # every file is readable by the team like any other output (safetensors writes 0600 by itself), no leftovers
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert {name: mode for name, mode in modes.items() if mode != modes["plain.txt"]} == {}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_architecture_lists_layers_with_shapes():

@@ -177,3 +177,27 @@ def test_fashion_mnist_written_to_class_folders_reads_back_bit_identically(tmp_p
     expected = prepare_images(images[order].unsqueeze(1), resize=None, mean=mean, std=std)
     assert torch.equal(y, labels[order].long())
     torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
+
+
+def test_storage_order_does_not_change_the_batches():
+    """The same images stored interleaved and stored class by class (as an image folder lists them) give the same
+    training batches (same seed) and the same calibration batches, each of which holds several classes."""
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    labels = torch.arange(120) % 4  # interleaved: 0 1 2 3 0 1 ...
+    images = torch.randn(120, 1, 6, 6)
+    images[:, 0, 0, 0] = torch.arange(120).float()  # each image carries its identity
+    by_class = torch.argsort(labels, stable=True)  # the same images, stored class by class
+    cfg = DataConfig(batch_size=16, val_size=20, calib_size=32)
+    bundles = [build_data(cfg, seed=3, splits={"train": TensorDataset(x, y), "test": TensorDataset(x, y),
+                                               "num_classes": 4})
+               for x, y in ((images, labels), (images[by_class], labels[by_class]))]
+
+    def ids(loader):
+        return [(x[:, 0, 0, 0].long().tolist(), y.tolist()) for x, y in loader]
+
+    interleaved, sorted_ = bundles
+    assert ids(interleaved.train) == ids(sorted_.train)
+    assert ids(interleaved.calib) == ids(sorted_.calib)
+    assert all(len(set(y)) > 1 for _, y in ids(sorted_.calib))  # mixed, not one class per batch

@@ -70,3 +70,37 @@ def test_handler_plans_applies_and_reports(tmp_path, x, step_context):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ctx.model.modules())  # the model keeps its BNs
     assert any(v in details["verdict"] for v in ("faster by", "SLOWER by", "no measurable difference"))
     assert ctx.analysis is None and ctx.model(x).shape == (1, 10)
+
+
+def test_reconstruct_option_refits_after_the_plan_and_records_both_accuracies(tmp_path, x, step_context):
+    """``reconstruct: true`` refits the planned model towards the original: on held-out inputs its outputs come
+    closer to the original's than the same plan's without it, and the details carry the records and the top-1
+    measured before the refit."""
+    from compress.transforms.rewrite.decompose import relative_error
+
+    torch.manual_seed(3)
+    calib = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(6)]
+    held_out = torch.randn(32, 3, 16, 16)
+    outputs = {}
+    for reconstruct in (False, True):
+        model = tiny_net()
+        original = copy.deepcopy(model)
+        ctx = step_context(model, calib=calib, example_inputs=x, baseline=original, num_classes=10)
+        cfg = parse(PlanStep, {"target": {"macs": 0.6}, "batch": 2, "forms": ["prune"], "calib_batches": 4,
+                               "cache_dir": str(tmp_path), "reconstruct": reconstruct})
+        details = plan_step(ctx, cfg)
+        plain = json.loads(json.dumps(details.to_plain(), allow_nan=False))
+        with torch.no_grad():
+            outputs[reconstruct] = relative_error(ctx.model(held_out), original(held_out))
+        if reconstruct:
+            assert plain["reconstruction_summary"]["fitted"] >= 2
+            assert 0.0 <= details.top1_before_reconstruction <= 1.0
+        else:
+            assert plain["reconstruction"] is None and plain["top1_before_reconstruction"] is None
+    assert outputs[True] < outputs[False]
+
+
+def test_reconstruct_option_is_checked():
+    with pytest.raises(ConfigError) as err:
+        parse(PlanStep, {"target": {"macs": 0.5}, "reconstruct": "yes"}, path="steps[2].plan")
+    assert err.value.field == "steps[2].plan.reconstruct"
