@@ -127,10 +127,15 @@ def _trained_small_resnet(model: nn.Module) -> tuple[nn.Module, Any, Any, list, 
     The BN batches are the first ``BN_BATCHES`` batches of the (shuffled, seeded) training loader, kept as a list
     so every variant is re-calibrated on the same images.
     """
-    from compress.baseline import default_cache_dir
+    from compress.baseline import baseline_cache_key, default_cache_dir
     from compress.data import DataConfig, build_data
+    from compress.recipe.schema import load_recipe
 
-    for path in sorted(glob.glob(str(default_cache_dir() / "baselines" / "*.pt"))):
+    recipe = load_recipe(None)  # the default recipe's baseline first (same model/data/training), then any other
+    own = default_cache_dir() / "baselines" / (baseline_cache_key(recipe.model, recipe.data, recipe.baseline.train,
+                                                                  recipe.seed) + ".pt")
+    others = sorted(glob.glob(str(default_cache_dir() / "baselines" / "*.pt")))
+    for path in [str(own)] * own.is_file() + others:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(blob["state_dict"])
