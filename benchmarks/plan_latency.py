@@ -196,16 +196,25 @@ def small_resnet_case() -> tuple[nn.Module, torch.Tensor, Any, Any, list | None,
     return (found[0] if found else model), torch.randn(1, 1, 28, 28), test, calib, bn, train
 
 
-def resnet18_case() -> tuple[nn.Module, torch.Tensor, Any, Any, list | None, Any]:
-    import torchvision
+def torchvision_case(name: str) -> Callable[[], tuple[nn.Module, torch.Tensor, Any, Any, list | None, Any]]:
+    """A torchvision classifier at 224 px with random weights (latency only: no accuracy columns)."""
 
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 224, 224), None, None, None, None
+    def build() -> tuple[nn.Module, torch.Tensor, Any, Any, list | None, Any]:
+        import torchvision
 
+        torch.manual_seed(0)
+        return torchvision.models.get_model(name, weights=None).eval(), torch.randn(1, 3, 224, 224), None, None, \
+            None, None
+
+    return build
+
+
+resnet18_case = torchvision_case("resnet18")
 
 CASES: dict[str, tuple[str, Callable, int]] = {
     "small:1": ("small_resnet 28px", small_resnet_case, 1), "small:64": ("small_resnet 28px", small_resnet_case, 64),
-    "resnet18:1": ("resnet18 224px", resnet18_case, 1), "resnet18:64": ("resnet18 224px", resnet18_case, 64)}
+    **{f"{name}:{batch}": (f"{name} 224px", torchvision_case(name), batch)
+       for name in ("resnet18", "mobilenet_v2", "efficientnet_b0") for batch in (1, 64)}}
 
 
 def uniform_at_latency(model: nn.Module, x: torch.Tensor, *, latency_ratio: float, round_to: int, batch: int,
@@ -261,7 +270,7 @@ def run_case(name: str, build: Callable, batch: int, args: argparse.Namespace) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="short run: smaller search (4 widths a group, min_keep 0.5) and no ResNet-18 batch 64")
+                        help="short run: smaller search (4 widths a group, min_keep 0.5) and no 224 px batch 64")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None,
                         help="cases to run (default: all, or all but resnet18:64 with --quick)")
     parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
@@ -288,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     quick = args.quick
     args.max_iters, args.max_widths, args.min_keep, args.table_runs = (3, 4, 0.5, 3) if quick else (3, 8, 0.25, 5)
     args.min_keep_limit = 0.125
-    chosen = args.cases or [c for c in CASES if not (quick and c == "resnet18:64")]
+    chosen = args.cases or [c for c in CASES if not (quick and c.endswith(":64") and not c.startswith("small"))]
     cases = [CASES[c] for c in chosen]
     command = "PYTHONPATH=. python benchmarks/plan_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = [f"# Latency-aware planning on CPU ({args.runtime})", "", f"- command: `{command.strip()}`", *machine_lines("cpu"), ""]

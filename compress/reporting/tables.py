@@ -90,10 +90,9 @@ def _latency(r: dict[str, Any]) -> Section:
     lines = ["Median ms per batch ± interquartile range; models timed interleaved in one process, one runtime "
              "after another (a runtime's thread pool spin-waits after its calls and would take the next one's "
              "cores); speed-up = baseline / compressed within one runtime; 'vs eager torch' compares the "
-             "compressed model in that runtime with itself in eager PyTorch (timed in another block). A call "
-             "shorter than "
-             f"{BURST_MS:g} ms is timed warm: per round, one untimed call, then the mean of a burst of "
-             "consecutive calls (as a model serving requests runs)."] if rows else \
+             "compressed model in that runtime with itself in eager PyTorch (timed in another block). Every "
+             "sample is warm (as a model serving requests runs): per round one untimed call, then one timed call, "
+             f"or for calls under {BURST_MS:g} ms the mean of a burst of consecutive calls."] if rows else \
         ["Latency was not measured."]
     lines += [f"**{line}**" for line in slower_lines(r)]
     if any(row.get("bn_folded") for row in r["latency"]):

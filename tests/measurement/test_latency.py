@@ -93,9 +93,10 @@ def test_compare_interleaves_models_and_reverses_order_each_round(monkeypatch):
     monkeypatch.setattr(latency_module, "BURST_MS", 0.0)  # every call "long": one timed call per round
     models, calls = _logged(("a", "b"))
     compare_latency(models, X, batch_sizes=(1,), runs=20, warmup=2)
-    # 2 warm-up calls per model, then 2 probe calls each (how long one call takes), then the rounds
+    # 2 warm-up calls per model, then 2 probe calls each (how long one call takes), then the rounds: each model
+    # one untimed call (it warms the caches the other model's call evicted), then its timed one
     assert calls[:8] == ["a", "a", "b", "b", "a", "a", "b", "b"]
-    assert calls[8:] == ["a", "b", "b", "a"] * 10
+    assert calls[8:] == ["a", "a", "b", "b", "b", "b", "a", "a"] * 10
 
 
 def test_short_calls_are_timed_as_warm_bursts_still_interleaved(monkeypatch):

@@ -207,7 +207,7 @@ def test_compare_latency_across_torch_and_onnxruntime():
 
 
 def test_all_sessions_are_timed_interleaved(scratch_runtime, monkeypatch):
-    # every call counts as long: one timed call per round (short ones are timed as bursts: test_latency.py)
+    # every call counts as long: one untimed and one timed call per round (bursts: test_latency.py)
     monkeypatch.setattr(importlib.import_module("compress.measurement.latency"), "BURST_MS", 0.0)
     monkeypatch.setattr(importlib.import_module("compress.measurement.latency"), "QUIET_S", 0.0)
     calls: list[tuple[str, int]] = []
@@ -232,9 +232,10 @@ def test_all_sessions_are_timed_interleaved(scratch_runtime, monkeypatch):
     names = [name for name, _ in calls]
     assert names[:4] == ["log-a", "log-a", "log-b", "log-b"]  # each session's numerics check, as it is built
     # one runtime after the other (another runtime's spinning thread pool would take the cores) ...
-    assert names[4:4 + 48] == ["log-a"] * 48 and names[4 + 48:] == ["log-b"] * 48  # 2 sessions x (2 + 2 + 20)
+    # 2 sessions x (2 warm-up + 2 probe + 20 rounds x (1 untimed + 1 timed))
+    assert names[4:4 + 88] == ["log-a"] * 88 and names[4 + 88:] == ["log-b"] * 88
     # ... and within one runtime, the models' sessions interleaved, the order reversed every other round
-    order = [id(model) for _, model in models_seen[12:52]]  # after 4 checks, 4 warm-up and 4 probe calls
+    order = [id(model) for _, model in models_seen[12:92:2]]  # after 4 checks, 4 warm-up and 4 probe calls
     first, second = order[0], order[1]
     assert first != second and order == [first, second, second, first] * 10
 
