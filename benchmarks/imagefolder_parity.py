@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                  for r in failed]
     else:
         body, verdicts = table(rows)
-        text += [f"- runs: " + "; ".join(f"{r['name']}: `{r['command']}` ({r['seconds']} s, sizes {r['sizes']})"
+        text += ["- runs: " + "; ".join(f"{r['name']}: `{r['command']}` ({r['seconds']} s, sizes {r['sizes']})"
                                           for r in rows), "", body, "", *[f"- {v}" for v in verdicts]]
     atomic_write_text(RESULTS / "imagefolder_parity.md", "\n".join(text) + "\n")
     print(json.dumps({"section": "imagefolder_parity", "command": command, "seconds": round(seconds, 1),
