@@ -104,15 +104,27 @@ def timm_picks(seed: int = TIMM_SEED) -> list[str]:
     return [TIMM + rng.choice(sorted(names)) for _, names in sorted(families.items())]
 
 
+def _no_zero_layers(model: nn.Module) -> nn.Module:
+    """Give every conv / linear whose weight its initialiser left all zero (torchvision's ViT head) small random
+    weights: a zero layer makes the output constant, and every numerics check against it vacuous."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.any():
+                m.weight.copy_(0.02 * torch.randn(m.weight.shape, generator=generator))
+    return model
+
+
 def build(name: str) -> nn.Module:
-    """The model for a row name (``timm:`` prefix: timm, else torchvision), random weights, 10 classes, eval."""
+    """The model for a row name (``timm:`` prefix: timm, else torchvision), random weights (none left all zero:
+    :func:`_no_zero_layers`), 10 classes, eval."""
     if name.startswith(TIMM):
         import timm
 
-        return timm.create_model(name[len(TIMM):], pretrained=False, num_classes=10).eval()
+        return _no_zero_layers(timm.create_model(name[len(TIMM):], pretrained=False, num_classes=10).eval())
     import torchvision
 
-    return torchvision.models.get_model(name, **model_kwargs(name)).eval()
+    return _no_zero_layers(torchvision.models.get_model(name, **model_kwargs(name)).eval())
 
 
 def input_size(name: str, default: int = 64) -> int:

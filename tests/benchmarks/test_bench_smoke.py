@@ -119,3 +119,18 @@ def test_coverage_totals_from_a_real_row():
     fraction = row["prune"]["macs_after"] / row["prune"]["macs_before"]
     assert fraction <= coverage.MAX_MACS and f"reaches <= {coverage.MAX_MACS} of the MACs: 1/2" in lines
     assert "n/a" in coverage.markdown({**common.context("x"), "ratio": 0.3, "timeout_s": 1, **out, "seconds": 1})
+
+
+def test_coverage_models_have_no_all_zero_layer():
+    """torchvision zero-initialises the ViT head: its outputs would be constant and the ONNX numerics check
+    vacuous, so the coverage builder gives such layers small random weights (and leaves the others alone)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=10).eval()
+    assert not model.heads.head.weight.any()
+    proj = model.conv_proj.weight.clone()
+    coverage._no_zero_layers(model)
+    assert model.heads.head.weight.any() and torch.equal(model.conv_proj.weight, proj)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert float((out[0] - out[1]).abs().max()) > 0  # no longer the same output for every input
