@@ -135,7 +135,7 @@ def _trained_small_resnet(model: nn.Module) -> tuple[nn.Module, Any, Any, list, 
     own = default_cache_dir() / "baselines" / (baseline_cache_key(recipe.model, recipe.data, recipe.baseline.train,
                                                                   recipe.seed) + ".pt")
     others = sorted(glob.glob(str(default_cache_dir() / "baselines" / "*.pt")))
-    for path in [str(own)] * own.is_file() + others:
+    for path in ([str(own)] if own.is_file() else []) + others:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(blob["state_dict"])
@@ -297,10 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     quick = args.quick
     args.max_iters, args.max_widths, args.min_keep, args.table_runs = (3, 4, 0.5, 3) if quick else (3, 8, 0.25, 5)
     args.min_keep_limit = 0.125
-    chosen = args.cases or [c for c in CASES if not (quick and c.endswith(":64") and not c.startswith("small"))]
+    big = [c for c in CASES if c.endswith(":64") and not c.startswith("small")]  # --quick leaves these out
+    chosen = args.cases or [c for c in CASES if not (quick and c in big)]
     cases = [CASES[c] for c in chosen]
     command = "PYTHONPATH=. python benchmarks/plan_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = [f"# Latency-aware planning on CPU ({args.runtime})", "", f"- command: `{command.strip()}`", *machine_lines("cpu"), ""]
+    header = [f"# Latency-aware planning on CPU ({args.runtime})", "", f"- command: `{command.strip()}`",
+              *machine_lines("cpu"), ""]
     rows, notes = [], []
     for name, build, batch in cases:
         print(f"== {name}, batch {batch}", flush=True)

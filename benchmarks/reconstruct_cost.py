@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     table = md_table(("measurement", "calibration images", "seconds", "RSS before (MiB)", "peak RSS (MiB)",
                       "layers fitted"),
                      [[r["what"] + (f" ({r['batches']} batches)" if r["what"] == "reconstruct" else " (1 epoch)"),
-                       r["images"], r["seconds"], r.get("peak_mib_before", "—"), r["peak_mib"], r.get("fitted", "—")]
-                      for r in ok] + [[r["what"], "—", "FAILED", "—", "—", r["failed"]] for r in rows if "failed" in r])
+                       r["images"], r["seconds"], r.get("peak_mib_before", "—"), r["peak_mib"],
+                       r.get("fitted", "—")] for r in ok]
+                     + [[r["what"], "—", "FAILED", "—", "—", r["failed"]] for r in rows if "failed" in r])
     verdicts = []
     if epoch is not None and recon:
         slowest = max(recon, key=lambda r: r["seconds"])

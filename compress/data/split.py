@@ -74,8 +74,8 @@ def class_major(positions: Sequence[int], labels: torch.Tensor) -> list[int]:
     same list, position for position (the k-th image of a class is the k-th either way), so a seeded shuffle of
     it draws the same images in the same order from both.
     """
-    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    return sorted(positions, key=lambda i: (int(labels[i]), i))
+    label = torch.as_tensor(labels, dtype=torch.long).reshape(-1).tolist()  # one conversion, not one per position
+    return sorted(positions, key=lambda i: (label[i], i))
 
 
 def mixed(positions: Sequence[int], *, seed: int) -> list[int]:

@@ -30,8 +30,8 @@ from .layer_latency import LayerLatency, layer_latency
 from .timing import (MIN_RUNS, Stats, as_dtype, cudnn_benchmark, dtype_name, make_batch, num_threads, prepare,
                      resolve_device, time_call)
 
-__all__ = ["BURST_MS", "TimingOptions", "LatencySettings", "LatencyResult", "RuntimeKey", "RuntimeTiming", "Comparison", "latency",
-           "compare_latency", "verdict"]
+__all__ = ["BURST_MS", "TimingOptions", "LatencySettings", "LatencyResult", "RuntimeKey", "RuntimeTiming", "Comparison",
+           "latency", "compare_latency", "verdict"]
 
 LOG = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
@@ -163,9 +163,9 @@ class TimingOptions:
         runtimes: names of :mod:`compress.measurement.runtimes` to time every model in, e.g.
             ``("torch", "onnxruntime")``: each model becomes a checked session per runtime (BN-folded, output
             compared with eager), each runtime's sessions are timed interleaved per batch size (runtime after
-            runtime), and the result's :attr:`Comparison.timings` holds one :class:`RuntimeTiming` per (runtime, device, dtype, batch). A
-            runtime that is unavailable here, cannot run on ``device`` in ``dtype`` or fails its check is
-            skipped, its reason recorded (and logged). ``None`` (default): eager PyTorch only, as
+            runtime), and the result's :attr:`Comparison.timings` holds one :class:`RuntimeTiming` per (runtime,
+            device, dtype, batch). A runtime that is unavailable here, cannot run on ``device`` in ``dtype`` or
+            fails its check is skipped, its reason recorded (and logged). ``None`` (default): eager PyTorch only, as
             :attr:`Comparison.results`. With runtimes, ``fold_bn`` is implied, and ``compile`` and ``per_layer``
             are refused (use the ``"torch-compile"`` runtime; time layers without runtimes).
         threads: CPU threads while timing (torch's intra-op threads, and each runtime's own setting); ``None``:

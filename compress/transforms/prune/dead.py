@@ -260,6 +260,7 @@ class _Remover:
         self.graph = build_graph(model, example_inputs)
         self.reference = model_outputs(model, self.batches)
         self.report = DeadReport()
+        self._guard: Any = None  # the pass's GroupGuard, built on first use (one reference forward per pass)
 
     def _stats(self) -> dict:
         layers = [m for m in self.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -336,7 +337,7 @@ class _Remover:
         return why. Returns ``(problem or None, relative output error on the probe batches)``."""
         from .guard import GroupGuard, Snapshot, model_objects  # guard imports this module's model_outputs
 
-        if getattr(self, "_guard", None) is None:  # one reference forward per removal pass, not per try
+        if self._guard is None:
             self._guard = GroupGuard(self.model, self.example_inputs)
         guard = self._guard
         with protected():
