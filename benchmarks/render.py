@@ -11,7 +11,7 @@ from typing import Any
 from common import context_lines, fmt, md_table
 
 __all__ = ["quality_section", "recovery_section", "coverage_section", "overhead_section", "efficiency_section",
-           "parse_latency_table"]
+           "parse_latency_table", "zero_shot_markdown", "zero_shot_section", "ZERO_SHOT_TARGETS"]
 
 _METHOD_TEXT = {
     "tp": "(a) torch-pruning MagnitudePruner (L2, uniform) + plain fine-tune",
@@ -417,3 +417,88 @@ def efficiency_section(docs: list[dict[str, Any]], run: dict[str, Any] | None, g
                 "fewer MACs" for r in slow) + ". Depthwise + pointwise pairs are memory-bound on a GPU: fewer MACs, "
                 "more kernel launches and bytes moved.", ""]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- section 6: zero-shot recovery
+
+# issue 17's bars: (model, fnmatch pattern of the transforms) -> top-1 the best row with no gradient step must reach
+ZERO_SHOT_TARGETS: dict[tuple[str, str], float] = {
+    ("small_resnet", "prune to 0.50 MACs*"): 0.885,
+    ("small_resnet", "prune to 0.25 MACs*"): 0.80,
+    ("small_mobilenet_v2", "prune to 0.50 MACs*"): 0.80,
+    ("small_resnet", "latency plan of plan_cpu.yaml, batch 64"): 0.80,
+    ("small_resnet", "latency plan of plan_cpu.yaml, batch 1"): 0.80,
+}
+
+
+def _layer_errors(details: dict[str, Any]) -> str:
+    if not details:
+        return "—"
+    if not details["fitted"]:
+        return f"0/{details['layers']} fitted"
+    return (f"{details['mean_error_before']:.3f} -> {details['mean_error_after']:.3f} "
+            f"({details['fitted']}/{details['layers']} fitted)")
+
+
+def _tuned_cell(tuned: dict[str, Any] | None) -> str:
+    return "—" if tuned is None else f"{_pct(tuned['top1'])} ({tuned['seconds']:.0f} s)"
+
+
+def _zero_shot_targets(key: str, rows: list[dict[str, Any]]) -> list[str]:
+    """One line per bar of :data:`ZERO_SHOT_TARGETS` for model ``key``: the best matching row, MET or NOT MET."""
+    import fnmatch
+
+    lines = []
+    for (model, pattern), bar in ZERO_SHOT_TARGETS.items():
+        group = [r for r in rows if fnmatch.fnmatchcase(r["transform"], pattern) and r["recovery"] != "none"]
+        if model != key:
+            continue
+        if not group:
+            lines.append(f"- `{pattern}` (bar {_pct(bar)}): not measured by this run")
+            continue
+        best = max(group, key=lambda r: r["top1"])
+        lines.append(f"- `{pattern}`: best with no gradient step {_pct(best['top1'])} ({best['transform']}, "
+                     f"{best['recovery']}) against the bar of {_pct(bar)}: "
+                     f"**{'MET' if best['top1'] >= bar else 'NOT MET'}**")
+    return lines
+
+
+def zero_shot_markdown(doc: dict[str, Any], *, level: int = 1) -> str:
+    """Every model's zero-shot table of ``benchmarks/results/zero_shot.json`` (``benchmarks/zero_shot.py``)."""
+    h = "#" * level
+    lines = [f"{h} Zero-shot recovery after pruning or rewriting: BN re-calibration vs least-squares "
+             "reconstruction", "",
+             "Top-1 with no gradient step after the transform, then (last columns) after a distillation fine-tune "
+             "of that model for the stated epochs, each its own run; seconds: the recovery's own (the fine-tune's "
+             "in its cell). Layer errors: mean relative output error of the fitted layers on the sampled "
+             "calibration rows, before -> after their fit.", ""]
+    for key, m in doc["models"].items():
+        epochs = [str(e) for e in m["finetune"]["epochs"]]
+        lines += [f"{h}# {key}: baseline top-1 {_pct(m['baseline_top1'])} ({m['baseline']})", "",
+                  *context_lines(m["context"], seconds=m.get("seconds")),
+                  f"- data: Fashion-MNIST, top-1 on {m['test_images']} test images; {m['calib_images']} calibration "
+                  f"images (train split, held in); fine-tunes on {m['finetune']['train_images']:,} training images, "
+                  f"lr {m['finetune']['lr']}; {m['threads']} thread(s)", ""]
+        plans = [r for r in m["rows"] if r["recovery"] == "none" and "verdict" in r["facts"]]
+        lines += [f"- {r['transform']}: {r['facts']['verdict']}" for r in plans]
+        lines += ["", *_zero_shot_targets(key, m["rows"]), ""]
+        header = ["transform", "recovery", "top-1", "MACs after", "seconds", "layer error before -> after",
+                  *(f"fine-tuned {e} epoch{'s' if e != '1' else ''}" for e in epochs)]
+        rows = [[r["transform"], r["recovery"], _pct(r["top1"]), f"{r['macs']:.3f}",
+                 f"{r['seconds']:.1f}" if r["seconds"] else "—", _layer_errors(r["reconstruction"]),
+                 *(_tuned_cell(r["finetune"].get(e)) for e in epochs)] for r in m["rows"]]
+        lines += [md_table(header, rows), ""]
+        if m["unchanged"]:
+            lines += [f"Not in the table (the transform changed no layer): {'; '.join(m['unchanged'])}.", ""]
+        lines += [*m["notes"], ""] if m["notes"] else []
+    return "\n".join(lines)
+
+
+def zero_shot_section(doc: dict[str, Any] | None, run: dict[str, Any] | None) -> str:
+    """Section 6 of RESULTS.md from the stored rows (each model names the run that measured it)."""
+    lines = ["## 6. Zero-shot recovery: accuracy with no gradient step after pruning, plans and rewrites "
+             "(issue 17)", "", *_failed("The zero-shot benchmark", run)]
+    if doc is None:
+        return "\n".join(lines + ["Not measured yet: `python benchmarks/zero_shot.py`.", ""])
+    body = zero_shot_markdown(doc, level=2).split("\n", 2)[2]  # this section's own title replaces the first line
+    return "\n".join(lines + [body])

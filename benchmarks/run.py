@@ -10,7 +10,10 @@ Sections (each in its own subprocess; each records its command, date, machine, l
 4. analysis overhead and memory (``benchmarks/analysis_overhead.py --quick --threads 1``, output verbatim);
 5. latency efficiency = measured speed-up / MAC reduction: from section 1's CPU timings, from
    ``benchmarks/gpu_latency.py`` run on this CPU, and from the committed H200 table
-   (``benchmarks/results/gpu/gpu_latency.md``, measured in an earlier run by ``benchmarks/gpu_session.sh``).
+   (``benchmarks/results/gpu/gpu_latency.md``, measured in an earlier run by ``benchmarks/gpu_session.sh``);
+6. zero-shot recovery: top-1 with no gradient step after pruning, plans and rewrites, then after 1 and 2
+   fine-tune epochs (``benchmarks/zero_shot.py``; long, so rerun only with ``--zero-shot``; otherwise each model's
+   stored rows from ``benchmarks/results/zero_shot.json``, with the command and date of the run that measured them).
 
     python benchmarks/run.py --quick        # subsets; < 15 min on 2 CPU cores with cached baselines
     python benchmarks/run.py                # full: every torchvision model, full fine-tune data (hours on CPU)
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, command_line, context, context_lines, run_isolated  # noqa: E402
 from quality import MODELS  # noqa: E402
 from render import (coverage_section, efficiency_section, overhead_section, quality_section,  # noqa: E402
-                    recovery_section)
+                    recovery_section, zero_shot_section)
 
 __all__ = ["main"]
 
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="subsets everywhere (see each section)")
     p.add_argument("--recovery", action="store_true", help="also rerun the issue 5/6 recipes (tens of minutes)")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="also rerun benchmarks/zero_shot.py (section 6; about an hour in full, minutes with --quick)")
     p.add_argument("--skip", nargs="*", default=[], choices=["quality", "coverage", "overhead", "latency"],
                    help="sections not to rerun (their last saved results are shown, marked as such)")
     p.add_argument("--out", default=str(OUT))
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         runs["latency"] = _gpu_latency_cpu(args.quick)
     if args.recovery:
         runs["recovery"] = _section("recovery", ["benchmarks/recovery.py"], timeout=6 * 3600)
+    if args.zero_shot:
+        runs["zero_shot"] = _section("zero-shot", ["benchmarks/zero_shot.py", *quick], timeout=6 * 3600)
     quality = [doc for key in MODELS if (doc := _load(RESULTS / f"quality_{key}.json")) is not None]
     coverage = _load(RESULTS / "coverage.json")
     recovery = {name: _load(RESULTS / f"{name}.json") for name in ("prune50_fmnist", "separable_fmnist")}
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         coverage_section(coverage, runs.get("coverage"), rerun="coverage" in runs),
         overhead_section(runs.get("overhead")),
         efficiency_section(quality, runs.get("latency"), ROOT / "benchmarks" / "results" / "gpu" / "gpu_latency.md"),
+        zero_shot_section(_load(RESULTS / "zero_shot.json"), runs.get("zero_shot")),
     ]
     text = "\n".join(parts).rstrip() + "\n"
     from compress.io import atomic_write_text
