@@ -191,7 +191,8 @@ class _ConsumerEnergy:
             if (not isinstance(weight, torch.Tensor) or getattr(module, "groups", 1) != 1 or not idxs
                     or max(idxs) >= weight.shape[1] or any(r is None or r >= root_len for r in item.root_idxs)):
                 continue
-            energy = weight.detach()[:, idxs].double().pow(2).flatten(2).sum(dim=(0, 2)).cpu()
+            taken = weight.detach()[:, idxs].double().pow(2)  # (out, idxs) for a linear, (out, idxs, kh, kw)
+            energy = taken.reshape(taken.shape[0], taken.shape[1], -1).sum(dim=(0, 2)).cpu()
             total.index_add_(0, torch.as_tensor(item.root_idxs), energy)
             found = True
         return total.float() if found else None

@@ -232,3 +232,18 @@ def test_reconstruction_importance_drops_rebuildable_channels_and_the_refit_is_e
     by_l2 = copy.deepcopy(original)
     prune(by_l2, calib[0][:1], ratio=2 / 16, importance="l2", per_layer={"conv2": 0.0}, verbose=False)
     assert 9 in _kept_filters(original.conv1, by_l2.conv1)
+
+
+def test_reconstruction_importance_ranks_a_group_consumed_by_a_linear():
+    """conv2's channels feed the classifier (a Linear, 2-D weight): its consumer energy must be computed too, not
+    raise and leave the group skipped (the small ResNet's last stage once stayed unpruned that way)."""
+    import compress
+
+    torch.manual_seed(0)
+    model = _DuplicatedNet().eval()
+    calib = [torch.randn(32, 3, 8, 8) for _ in range(4)]
+    analysis = compress.analyze(model, calib, verbose=False)
+    result = prune(model, calib[0][:1], ratio=0.25, importance="reconstruction", analysis=analysis,
+                   remove_dead=False, verbose=False)
+    assert result.skipped == []
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc.in_features) == (12, 12, 12)
