@@ -106,11 +106,12 @@ def timm_picks(seed: int = TIMM_SEED) -> list[str]:
 
 def _no_zero_layers(model: nn.Module) -> nn.Module:
     """Give every conv / linear whose weight its initialiser left all zero (torchvision's ViT head) small random
-    weights: a zero layer makes the output constant, and every numerics check against it vacuous."""
+    weights: a zero layer makes the output constant, and every numerics check against it vacuous. Models on the
+    meta device (:func:`input_size`'s shape check) hold no values and are left as they are."""
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.any():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.is_meta and not m.weight.any():
                 m.weight.copy_(0.02 * torch.randn(m.weight.shape, generator=generator))
     return model
 

@@ -134,3 +134,14 @@ def test_coverage_models_have_no_all_zero_layer():
     assert model.heads.head.weight.any() and torch.equal(model.conv_proj.weight, proj)
     out = model(torch.randn(2, 3, 32, 32))
     assert float((out[0] - out[1]).abs().max()) > 0  # no longer the same output for every input
+
+
+def test_coverage_input_size_keeps_64px_for_a_timm_model_that_runs_at_64px():
+    """The shape check builds the model on the meta device: building must not read weights there (the zero-layer
+    fix once did, and every timm model fell back to its pretrained 224-288 px)."""
+    pytest.importorskip("timm")
+    with torch.device("meta"):
+        model = coverage.build("timm:resnet18")
+    assert model.fc.weight.is_meta
+    assert coverage.input_size("timm:resnet18") == 64
+    assert coverage.input_size("timm:bat_resnext26ts") == 256  # asserts its feature-map size: its own 256 px

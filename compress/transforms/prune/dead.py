@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ...modes import evaluating
 from .budget import protected
 from .layer_roles import layer_width
-from .tp_compat import ChannelOrigins, build_graph, out_channel_items, prune_group
+from .tp_compat import ChannelOrigins, bounded_group, build_graph, out_channel_items, prune_group
 from .where import describe_error, module_names
 
 __all__ = ["DeadRemoval", "DeadSkip", "DeadReport", "remove_dead_channels", "relative_error", "model_outputs"]
@@ -314,7 +314,8 @@ class _Remover:
         module = self.model.get_submodule(layer)
         fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
         try:
-            group = self.graph.get_pruning_group(module, fn, [self.origins.current(layer, o) for o in sorted(dead)])
+            group = bounded_group(self.graph.get_pruning_group, module, fn,
+                                  [self.origins.current(layer, o) for o in sorted(dead)])
             folds, reason = _plan_group(group, self.graph, stats, self.names, self.ignored)
         except Exception as err:  # tp maps some groups' channels out of range (split / concat blocks): skip it
             folds, reason = [], f"torch-pruning failed on its group: {describe_error(err, self._ids)}"

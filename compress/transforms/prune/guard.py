@@ -16,10 +16,14 @@ time:
 4. on any failure restores the snapshot exactly (parameters bit-identical) and records a :class:`SkippedGroup`.
 
 :meth:`GroupGuard.watch` extends this to a tp ``BasePruner``: a group whose construction or importance raises is
-skipped too, and the pruner carries on with the other groups.
+skipped too, and the pruner carries on with the other groups. A group whose construction does not finish within
+:data:`~.tp_compat.GROUP_BUDGET_S` (tp's index maps can loop, growing the index lists on every turn: timm's
+global-context blocks, Swin, MaxViT) is skipped as well, and the layers it had reached are not tried as roots
+again.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import dataclass
@@ -28,11 +32,12 @@ from typing import Any, Iterable
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch_pruning.dependency import Group
+import torch_pruning.dependency.graph as tp_graph
+from torch_pruning.dependency import Dependency, Group
 
 from .budget import protected
 from .dead import model_outputs
-from .tp_compat import prune_group
+from .tp_compat import RunawayGroup, bounded_group, prune_group
 from .where import describe_error, module_names
 
 __all__ = ["SkippedGroup", "Snapshot", "GroupGuard", "model_objects"]
@@ -140,6 +145,24 @@ def _group_objects(graph: tp.DependencyGraph, group: Group) -> list[Any]:
     return objects
 
 
+@contextlib.contextmanager
+def _recorded_groups() -> Any:
+    """The :class:`Group` objects torch-pruning's graph code creates inside the block, in order (the first one a
+    ``get_pruning_group`` call makes is the group it is building)."""
+    made: list[Group] = []
+
+    class Recorded(Group):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    saved, tp_graph.Group = tp_graph.Group, Recorded
+    try:
+        yield made
+    finally:
+        tp_graph.Group = saved
+
+
 class GroupGuard:
     """Prunes torch-pruning groups of ``model`` one at a time, rolling back and skipping the ones that fail.
 
@@ -149,14 +172,20 @@ class GroupGuard:
         check: run the check forward pass after each group (off: only exceptions are caught, e.g. when replaying
             groups already checked on an identical copy).
 
+        runaway: root layer name -> reason, for groups whose construction ran past
+            :data:`~.tp_compat.GROUP_BUDGET_S`; shared
+            between the guards of successive copies of one model, so each runaway group costs its budget once.
+
     Attributes:
         skipped: the groups left unpruned, in order (one entry per root layer).
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, check: bool = True) -> None:
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, check: bool = True,
+                 runaway: dict[str, str] | None = None) -> None:
         self.model, self.example_inputs, self.check = model, example_inputs, check
         self.names = module_names(model)
         self.skipped: list[SkippedGroup] = []
+        self.runaway = {} if runaway is None else runaway
         self._expected = self._output(model) if check else None
 
     def _output(self, model: nn.Module) -> torch.Tensor:
@@ -188,7 +217,7 @@ class GroupGuard:
         An empty group (one :meth:`watch` could not build, already recorded) is skipped.
         Other exceptions (an interrupt, a time budget's expiry) roll back and propagate.
         """
-        if not len(group):
+        if not len(group) or getattr(group, "compress_skip", None):
             return False
         root = self._root(group[0].dep.target.module)
         with protected():
@@ -207,27 +236,65 @@ class GroupGuard:
         self._skip(root, problem)
         return False
 
+    def _group(self, graph: tp.DependencyGraph, get_group: Any, module: nn.Module, pruning_fn: Any,
+               idxs: Any) -> Group:
+        """``get_group(module, pruning_fn, idxs)`` within :data:`~.tp_compat.GROUP_BUDGET_S`. On failure a group
+        marked ``compress_skip`` with the reason: after a runaway the part built so far (its layers are not tried as roots
+        again), else the root layer alone."""
+        root = self._root(module)
+        reason = self.runaway.get(root)
+        made: list[Group] = []
+        if reason is None:
+            with _recorded_groups() as made:
+                try:
+                    return bounded_group(get_group, module, pruning_fn, idxs)
+                except RunawayGroup as err:  # the layers it reached belong to the same runaway group
+                    reason = str(err)
+                    members = [self._root(dep.target.module) for dep, _ in (made[0] if made else ())
+                               if graph.is_out_channel_pruning_fn(dep.handler)]  # as tp marks roots visited
+                    self.runaway.update(dict.fromkeys([root, *members], reason))
+                except Exception as err:
+                    reason = f"torch-pruning could not build the group: {describe_error(err, self.names)}"
+        self._skip(root, reason)
+        group = made[0] if root in self.runaway and made else Group()
+        if not len(group) and module in graph.module2node:  # the root alone: BasePruner's constructor reads it
+            node = graph.module2node[module]
+            group.add_dep(Dependency(pruning_fn, pruning_fn, source=node, target=node), list(idxs))
+        group._DG = graph
+        group.compress_skip = reason
+        return group
+
+    @contextlib.contextmanager
+    def building(self) -> Any:
+        """While active, every torch-pruning graph builds its groups through :meth:`_group` (``BasePruner``'s
+        constructor already builds them all, to count channels); :meth:`watch` covers the pruner's own steps."""
+        original = tp.DependencyGraph.get_pruning_group
+        guard = self
+
+        def get_pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn: Any, idxs: Any) -> Group:
+            return guard._group(graph, original.__get__(graph), module, pruning_fn, idxs)
+
+        tp.DependencyGraph.get_pruning_group = get_pruning_group
+        try:
+            yield
+        finally:
+            tp.DependencyGraph.get_pruning_group = original
+
     def watch(self, pruner: tp.pruner.BasePruner) -> None:
         """Make ``pruner`` skip (and record) groups whose construction or importance estimation raises.
 
-        Wraps the instance's ``DG.get_pruning_group`` (a failure returns an empty group, which tp's pruner and
-        :meth:`prune` pass over) and ``estimate_importance`` (a failure returns ``None``, which tp's pruner
-        skips); nothing else of tp changes.
+        Wraps the instance's ``DG.get_pruning_group`` (through :meth:`_group`: a failure returns a group marked
+        ``compress_skip``, which tp's pruner and :meth:`prune` pass over)
+        and ``estimate_importance`` (a failure returns ``None``, which tp's pruner skips); nothing else of tp
+        changes.
         """
         graph, get_group, estimate = pruner.DG, pruner.DG.get_pruning_group, pruner.estimate_importance
 
         def get_pruning_group(module: nn.Module, pruning_fn: Any, idxs: Any) -> Group:
-            try:
-                return get_group(module, pruning_fn, idxs)
-            except Exception as err:
-                self._skip(self._root(module),
-                           f"torch-pruning could not build the group: {describe_error(err, self.names)}")
-                empty = Group()
-                empty._DG = graph
-                return empty
+            return self._group(graph, get_group, module, pruning_fn, idxs)
 
         def estimate_importance(group: Group) -> torch.Tensor | None:
-            if not len(group):
+            if not len(group) or getattr(group, "compress_skip", None):
                 return None
             try:
                 return estimate(group)

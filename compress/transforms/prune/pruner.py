@@ -218,6 +218,7 @@ class _Pruner:
         self.dead = ({layer: set(ch) for layer, ch in analysis.dead_channels().items()}
                      if analysis is not None else {})
         self.skipped: dict[str, SkippedGroup] = {}  # groups left unpruned on self.model, by root
+        self.runaway: dict[str, str] = {}  # layers of groups tp could not build in time, for every copy's guard
 
     def _keep_skipped(self, skipped: Iterable[SkippedGroup]) -> None:
         for s in skipped:
@@ -246,8 +247,9 @@ class _Pruner:
         pruners = customized_pruners()
         if self.importance == "taylor":
             _accumulate_gradients(model, self.calib)
-        guard = GroupGuard(model, self.example_inputs)
-        with tp_errors(model, GRAPH_BUILDING, hint=GRAPH_HINT), traceable(model, pruners), warnings.catch_warnings():
+        guard = GroupGuard(model, self.example_inputs, runaway=self.runaway)
+        with tp_errors(model, GRAPH_BUILDING, hint=GRAPH_HINT), traceable(model, pruners), guard.building(), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tp warns about unwrapped parameters it then handles correctly
             pruner = tp.pruner.BasePruner(
                 model, self.example_inputs, importance=self._importance(model, origins), pruning_ratio=0.0,

@@ -13,6 +13,13 @@ What torch-pruning cannot do on its own, fixed here without re-implementing it:
   locked instead (:func:`compress.transforms.prune.layer_roles.locked_layers`).
 * tp pairs a split's channel ranges with its consumers in tracing order, not output order:
   :func:`order_split_outputs` sorts them.
+* torch records ``torch.cat(..., dim=-1)``'s dimension as ``2**64 - 1``; tp reads such a value as "uninitialised"
+  and maps the concat as if it joined channels, which on torchvision's Swin-S/B (its patch merging concatenates
+  along the last, feature dimension of an NHWC tensor) ends in a ``TypeError`` inside tp's graph building:
+  :func:`_concat_dim_fixed` (installed on import) skips a concat along a negative dimension other than ``-3``,
+  as tp itself skips one along a positive dimension other than 1. Where tp cannot infer a concat's input sizes
+  (its channel inference gives up after 500 steps: timm's DPN), the same fix maps the concat so that every group
+  through it fails to build, and is skipped with that reason, instead of tp's ``TypeError``.
 * ``build_dependency`` needs autograd enabled and calls ``model.eval()``; :func:`build_graph` enables grad and
   restores every submodule's train/eval mode afterwards. When tp raises, the forward hooks its tracing leaves
   behind are removed and the error becomes a :class:`~compress.errors.CompressError` naming the layer
@@ -33,15 +40,18 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning import _helpers
 from torch_pruning.dependency import Dependency
+from torch_pruning.dependency import constants as tp_constants
+from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from ...module_tree import set_module
 from ...modes import restore_training
 from ..modules import ChannelPermute, ChannelShuffle
-from .budget import protected
+from ...errors import CompressError
+from .budget import TimeBudget, protected
 from .layer_roles import layer_width
 from .where import tp_errors
 
-__all__ = ["channel_agnostic_gates", "ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
+__all__ = ["GROUP_BUDGET_S", "RUNAWAY", "RunawayGroup", "bounded_group", "channel_agnostic_gates", "ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
            "shuffle_permutation", "customized_pruners", "traceable", "link_index_maps", "order_split_outputs",
            "build_graph", "GRAPH_BUILDING", "GRAPH_HINT", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins",
            "prune_group", "replay_history"]
@@ -310,6 +320,51 @@ def link_index_maps(graph: "tp.DependencyGraph") -> None:
         node.dependencies.extend([fwd, back])
 
 
+class _Unsized:
+    """Index map of a concat whose input sizes tp could not infer: any group through it fails to build (and the
+    guard skips it with this reason) instead of being mapped to the wrong channels."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, idxs: Any) -> Any:
+        raise CompressError(f"torch-pruning could not infer the input sizes of concat {self.name} (its channel "
+                            f"inference gives up after {tp_constants.MAX_RECURSION_DEPTH} steps)")
+
+
+def _concat_dim_fixed(update: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """tp's ``update_concat_index_mapping``, fixed: a concat along a negative dimension other than ``-3`` (the
+    channels of an NCHW tensor) gets no channel index maps, like one along a positive dimension other than 1; a
+    concat whose input sizes tp cannot infer gets :class:`_Unsized` maps instead of tp's ``TypeError``."""
+    if getattr(update, "compress_fixed", False):
+        return update
+
+    def fixed(graph: Any, cat_node: Any) -> None:
+        dim = getattr(cat_node.grad_fn, "_saved_dim", None)
+        if isinstance(dim, int) and dim >= 2 ** 63 and dim - 2 ** 64 != -3:  # a negative dim, read unsigned
+            return None
+        try:
+            return update(graph, cat_node)
+        except TypeError:
+            if None not in (getattr(cat_node.module, "concat_sizes", None) or ()):
+                raise
+        unsized = _Unsized(getattr(cat_node, "name", "?"))
+        for dep in cat_node.dependencies:
+            if any(dep.target is n for n in cat_node.inputs):
+                dep.index_mapping[1] = unsized
+        for node in cat_node.inputs:
+            for dep in node.dependencies:
+                if dep.target is cat_node:
+                    dep.index_mapping[1] = unsized
+        return None
+
+    fixed.compress_fixed = True  # type: ignore[attr-defined]
+    return fixed
+
+
+tp_index_mapping.update_concat_index_mapping = _concat_dim_fixed(tp_index_mapping.update_concat_index_mapping)
+
+
 def order_split_outputs(graph: "tp.DependencyGraph") -> None:
     """Order every split node's outputs by the split output they read (tp 1.6 keeps its tracing order).
 
@@ -327,6 +382,33 @@ def order_split_outputs(graph: "tp.DependencyGraph") -> None:
             return min(nrs) if nrs else len(split.outputs)
 
         node.outputs.sort(key=read)  # stable
+
+
+GROUP_BUDGET_S = 2.0  # seconds torch-pruning may take to build one group (legitimate ones take milliseconds)
+RUNAWAY = "torch-pruning did not finish building the group"  # starts the reason of a RunawayGroup
+
+
+class RunawayGroup(CompressError):
+    """torch-pruning did not finish building a group within :data:`GROUP_BUDGET_S`."""
+
+
+def bounded_group(get_group: Callable[..., Any], module: nn.Module, pruning_fn: Any, idxs: Any) -> Any:
+    """``get_group(module, pruning_fn, idxs)`` (a graph's ``get_pruning_group``) within :data:`GROUP_BUDGET_S`.
+
+    tp's index maps can feed each other in a cycle, its index lists growing on every turn (timm's global-context
+    blocks, Swin, MaxViT): the construction then never ends. It runs in pure Python, so the budget stops it.
+
+    Raises:
+        RunawayGroup: the budget ran out (the group stays unbuilt).
+    """
+    budget = TimeBudget(GROUP_BUDGET_S, what="building the group")
+    try:
+        return budget.run(get_group, module, pruning_fn, idxs)
+    except CompressError:
+        if budget.expired:
+            raise RunawayGroup(f"{RUNAWAY} in {GROUP_BUDGET_S} s (its index maps grow on every turn of a "
+                               "cycle)") from None
+        raise
 
 
 GRAPH_BUILDING = "building torch-pruning's dependency graph"  # starts the message of a tp failure while tracing

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..modules import ChannelPermute
 from .registry import replace_modules
-from ..prune.tp_compat import build_graph
+from ..prune.tp_compat import RUNAWAY, RunawayGroup, bounded_group, build_graph
 
 __all__ = ["absorb_permutes"]
 
@@ -129,7 +129,10 @@ def _plan(dg: tp.DependencyGraph, permute: ChannelPermute, downstream: bool) -> 
     pruner = dg.get_pruner_of_module(permute)
     fn = pruner.prune_out_channels if downstream else pruner.prune_in_channels
     channels = permute.perm.numel()
-    group = dg.get_pruning_group(permute, fn, list(range(channels)))
+    try:
+        group = bounded_group(dg.get_pruning_group, permute, fn, list(range(channels)))
+    except RunawayGroup as err:
+        return str(err)
     order = torch.argsort(permute.perm.cpu()) if downstream else permute.perm.cpu().clone()
     plan = _Plan(order)
     plan.modules.add(id(permute))
@@ -161,7 +164,8 @@ def absorb_permutes(model: nn.Module, example_inputs: torch.Tensor, *, verbose: 
     parents: set[str] = set()
     rounds = tqdm(range(len(list(_permutes(model))) + 1), desc="absorb permutes", leave=False, disable=not verbose)
     for _ in rounds:
-        pending = [(n, p) for n, p in _permutes(model) if status.get(n, "") != "absorbed"]
+        pending = [(n, p) for n, p in _permutes(model) if status.get(n, "") != "absorbed"
+                   and RUNAWAY not in status.get(n, "")]  # a runaway group would cost its budget again
         if not pending:
             break
         try:

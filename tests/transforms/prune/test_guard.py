@@ -9,6 +9,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.transforms.prune import guard as guard_module
+from compress.transforms.prune import tp_compat
 from compress.transforms.prune.guard import GroupGuard, SkippedGroup
 from compress.transforms.prune.pruner import prune
 from compress.transforms.prune.tp_compat import build_graph, prune_group
@@ -259,3 +260,34 @@ def test_a_rolled_back_group_restores_the_children_its_pruner_cut():
         assert attention.out_proj.weight.shape == (64, 64) and attention.in_proj_weight.shape == (192, 64)
     assert result.macs_after < result.macs_before  # the MLP hidden layers still prune
     assert model(x).shape == (2, 10)
+
+
+def test_a_runaway_group_construction_is_stopped_once_and_skipped(monkeypatch):
+    """tp's group construction loops on some index maps (timm's global-context blocks): the guard stops it after
+    GROUP_BUDGET_S, skips that group with the reason and does not build it again; the rest prunes."""
+    model = _randomise(SplitNet())
+    x = torch.randn(1, 3, 16, 16)
+    get_group = tp.DependencyGraph.get_pruning_group
+    spins = []
+
+    def runaway(self, module, fn, idxs):
+        group = get_group(self, module, fn, idxs)
+        if module is model.c1:
+            spins.append(module)
+            while True:  # pure Python, like tp's index-map loop: the budget's exception lands here
+                pass
+        return group
+
+    monkeypatch.setattr(tp_compat, "GROUP_BUDGET_S", 0.3)
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", runaway)
+    result = prune(model, x, ratio=0.3, time_budget_s=60)
+
+    reasons = {s.root: s.reason for s in result.skipped}
+    assert list(reasons) == ["c1"]
+    assert reasons["c1"] == "torch-pruning did not finish building the group in 0.3 s (its index maps grow on every " \
+                            "turn of a cycle)"
+    assert len(spins) == 1  # BasePruner's constructor met it first; the pruner's own pass reused the verdict
+    assert (model.c1.out_channels, model.bn1.num_features) == (16, 16)
+    assert model.c3.out_channels < 16 and model.stem.out_channels < 8  # the other groups pruned
+    with torch.no_grad():
+        assert model(x).shape == (1, 10)

@@ -254,3 +254,56 @@ def test_eca_gate_is_traced_as_a_channel_pass_through_and_prunes():
     with torch.no_grad():
         out = model(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_a_concat_along_a_negative_non_channel_dim_gets_no_channel_index_maps():
+    """torch stores cat(dim=-1)'s dim as 2**64 - 1; tp took it for "uninitialised" and mapped the concat as a
+    channel concat (torchvision Swin-S/B: a TypeError inside tp's graph building). The fix skips it, as tp skips a
+    concat along a positive dim other than 1, and still maps dim 1 and -3 (NCHW channels)."""
+    from types import SimpleNamespace
+
+    from torch_pruning.dependency import index_mapping
+
+    from compress.transforms.prune import tp_compat
+
+    assert getattr(index_mapping.update_concat_index_mapping, "compress_fixed", False)  # installed on import
+    calls = []
+    fixed = tp_compat._concat_dim_fixed(lambda graph, node: calls.append(node.grad_fn._saved_dim))
+    for dim in (2 ** 64 - 1, 2 ** 64 - 2, 2 ** 64 - 3, 1):
+        fixed(None, SimpleNamespace(grad_fn=SimpleNamespace(_saved_dim=dim)))
+    assert calls == [2 ** 64 - 3, 1]
+    assert tp_compat._concat_dim_fixed(fixed) is fixed  # installing twice does not wrap twice
+
+
+
+def test_a_concat_tp_cannot_size_makes_every_group_through_it_fail_to_build():
+    """tp's channel inference gives up on deep concat chains (timm's DPN) and its concat map then raises a
+    TypeError that stops the whole graph; the fix maps that concat so only the groups through it fail (the
+    guard skips them with the reason) and leaves other errors alone."""
+    from types import SimpleNamespace
+
+    from compress.errors import CompressError
+    from compress.transforms.prune import tp_compat
+
+    def unsizable(graph, node):
+        node.module.concat_sizes = [4, None]
+        return sum(node.module.concat_sizes)  # tp's own failure: int + None
+
+    a, b = SimpleNamespace(dependencies=[]), SimpleNamespace(dependencies=[])
+    cat = SimpleNamespace(name="_ConcatOp_7", grad_fn=SimpleNamespace(_saved_dim=1), inputs=[a, b],
+                          module=SimpleNamespace(concat_sizes=None), dependencies=[])
+    into = [SimpleNamespace(target=cat, index_mapping=[None, None]) for _ in (a, b)]
+    a.dependencies, b.dependencies = [into[0]], [into[1]]
+    back = [SimpleNamespace(target=n, index_mapping=[None, None]) for n in (a, b)]
+    cat.dependencies = back
+    tp_compat._concat_dim_fixed(unsizable)(None, cat)
+    for dep in into + back:
+        with pytest.raises(CompressError, match="could not infer the input sizes of concat _ConcatOp_7"):
+            dep.index_mapping[1]([0])
+
+    def other_bug(graph, node):
+        raise TypeError("something else")
+
+    with pytest.raises(TypeError, match="something else"):
+        tp_compat._concat_dim_fixed(other_bug)(None, SimpleNamespace(
+            grad_fn=SimpleNamespace(_saved_dim=1), module=SimpleNamespace(concat_sizes=[4, 4])))

@@ -275,3 +275,35 @@ def test_growing_rewrites_are_skipped_unless_allowed():
     assert type(net.pw) is nn.Conv2d
     (record,) = rewrite(net, "bottleneck", layers=["pw"], example_inputs=X[:1], rank=32, allow_growth=True)
     assert record.skipped is None and isinstance(net.pw, nn.Sequential)
+
+
+def test_a_permute_whose_group_runs_away_stays_with_the_reason_and_the_rewrite_stays_exact(monkeypatch):
+    """tp's group construction can loop for ever (timm's global-context blocks): absorbing a permute is optional,
+    so after GROUP_BUDGET_S the permute stays (reason recorded) and the model equals the unfolded rewrite."""
+    import torch_pruning as tp
+
+    from compress.transforms.prune import tp_compat
+
+    torch.manual_seed(1)
+    net = tiny_net().double()
+    unfolded = copy.deepcopy(net)
+    x = X.double()
+    get_group = tp.DependencyGraph.get_pruning_group
+    spins = []
+
+    def runaway(self, module, fn, idxs):
+        if isinstance(module, ChannelPermute):
+            spins.append(module)
+            while True:  # pure Python, like tp's index-map cycle
+                pass
+        return get_group(self, module, fn, idxs)
+
+    monkeypatch.setattr(tp_compat, "GROUP_BUDGET_S", 0.2)
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", runaway)
+    records = _by_layer(rewrite(net, "grouped", include=["block.conv1"], example_inputs=x[:1], groups=4))
+    rewrite(unfolded, "grouped", include=["block.conv1"], example_inputs=x[:1], groups=4, absorb=False)
+    statuses = records["block.conv1"].details["permutes"]
+    assert set(statuses) == {"permute_in", "permute_out"}
+    assert all(s.count(tp_compat.RUNAWAY) == 2 for s in statuses.values())  # downstream and upstream both tried
+    assert len(spins) == 4  # each side of each permute once: a later round does not try them again
+    assert relative_error(net(x), unfolded(x)) < 1e-12
