@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Collection, Iterable, Sequence
@@ -261,6 +262,15 @@ class _Remover:
         self.reference = model_outputs(model, self.batches)
         self.report = DeadReport()
         self._guard: Any = None  # the pass's GroupGuard, built on first use (one reference forward per pass)
+        self.deadline: float | None = None  # perf_counter() time after which no more layers are planned or retried
+
+    def out_of_time(self, layer: str, channels: list[int]) -> bool:
+        """Past the deadline: record ``layer``'s ``channels`` as left in place and return ``True``."""
+        if self.deadline is None or time.perf_counter() < self.deadline:
+            return False
+        self.report.skipped.append(DeadSkip(layer, channels, "not examined: the dead-channel pass ran out of its "
+                                                             "share of the prune time budget"))
+        return True
 
     def _stats(self) -> dict:
         layers = [m for m in self.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -271,6 +281,8 @@ class _Remover:
         can go together, else one per channel (so one bad channel does not block the others)."""
         stats, covered, plans = self._stats(), {}, []
         for layer, channels in tqdm(candidates.items(), desc="dead channels", leave=False, disable=not self.verbose):
+            if self.out_of_time(layer, sorted(channels)):
+                continue
             todo = {}
             for original, dead in channels.items():
                 current = self.origins.current(layer, original)
@@ -443,7 +455,8 @@ class _Remover:
 def remove_dead_channels(model: nn.Module, example_inputs: torch.Tensor, analysis: Any, *,
                          probe: Sequence[torch.Tensor] | None = None, tol: float = 1e-4,
                          origins: ChannelOrigins | None = None, ignored: Collection[nn.Module] = (),
-                         held_out: Sequence[torch.Tensor] | None = None, verbose: bool = False) -> DeadReport:
+                         held_out: Sequence[torch.Tensor] | None = None, time_limit_s: float | None = None,
+                         verbose: bool = False) -> DeadReport:
     """Remove the constant channels that ``analysis.dead_channels()`` reports, folding them into consumers.
 
     Args:
@@ -460,6 +473,9 @@ def remove_dead_channels(model: nn.Module, example_inputs: torch.Tensor, analysi
         held_out: batches ``(B, C, H, W)`` the decision did not see (a recipe's val split): the model's relative
             output error after all removals is measured on them too (:attr:`DeadReport.held_out_error`), since a
             channel constant on the probe batches need not be constant on new inputs.
+        time_limit_s: seconds after which no further layer is planned or retried (what is left stays, recorded
+            as skipped with that reason); on random weights or a few calibration images tens of thousands of
+            channels can look constant, each a torch-pruning group to check. ``None``: no limit.
         verbose: show a progress bar.
 
     Returns:
@@ -470,6 +486,7 @@ def remove_dead_channels(model: nn.Module, example_inputs: torch.Tensor, analysi
     held_out = list(held_out or [])
     held_reference = model_outputs(model, held_out) if held_out else None
     remover = _Remover(model, example_inputs, batches, origins, ignored, tol, verbose)
+    remover.deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     candidates: dict[str, dict[int, Any]] = {}
     for layer, channels in analysis.dead_channels().items():
         if layer not in origins.index:
@@ -485,6 +502,8 @@ def remove_dead_channels(model: nn.Module, example_inputs: torch.Tensor, analysi
     remover.remove_exact(plans)
     for plan in plans:
         if not plan.exact:  # retried channel by channel, each measured on a copy
+            if remover.out_of_time(plan.layer, sorted(plan.dead)):
+                continue
             for original, dead in plan.dead.items():
                 remover.remove_approximate(plan.layer, original, dead)
     report = remover.report

@@ -51,6 +51,7 @@ STEP = 0.1  # channel-ratio increase per iterative step towards a MACs target
 MAX_RATIO = 0.95  # never ask for more than this channel ratio
 MACS_TOL = 0.02  # the MACs target is met when MACs are in [(1 - MACS_TOL) * target, target]
 _MAX_BISECT = 12
+DEAD_SHARE = 0.4  # of the prune time budget, for the dead-channel pass (the rest prunes by importance)
 _BUDGET_HINT = ("put that layer (or its block) in ignored_layers, trace with a smaller example input "
                 "(e.g. 1x3x64x64), or raise time_budget_s")
 
@@ -358,7 +359,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig | 
     result = budget.run(_prune, model, example_inputs, ratio=c.ratio, macs_target=c.macs_target,
                         importance=c.importance, analysis=analysis, calib=calib, remove_dead=c.remove_dead,
                         dead_tol=c.dead_tol, round_to=c.round_to, ignored_layers=c.ignored_layers,
-                        per_layer=c.per_layer, max_steps=c.max_steps, held_out=held_out, verbose=verbose)
+                        per_layer=c.per_layer, max_steps=c.max_steps, held_out=held_out, verbose=verbose,
+                        dead_time_s=None if time_budget_s is None else DEAD_SHARE * time_budget_s)
     result.time_budget_s, result.seconds = time_budget_s, budget.usage.seconds
     result.peak_rss_bytes, result.peak_increase_bytes = budget.usage.peak_rss_bytes, budget.usage.peak_increase_bytes
     if result.target_met is False:
@@ -372,8 +374,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig | 
 def _prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | None, macs_target: float | None,
            importance: str, analysis: Any, calib: Any, remove_dead: bool, dead_tol: float, round_to: int | None,
            ignored_layers: Collection[str | nn.Module], per_layer: Mapping[str, float] | None, max_steps: int,
-           held_out: Any, verbose: bool) -> PruneResult:
-    """:func:`prune` without the argument checks and the budget."""
+           held_out: Any, verbose: bool, dead_time_s: float | None = None) -> PruneResult:
+    """:func:`prune` without the argument checks and the budget (``dead_time_s``: the dead-channel pass's share)."""
     frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
     ignored = _match(ignored_layers, model, "ignored_layers")
     prepared = _prepare(model)
@@ -389,7 +391,8 @@ def _prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float | Non
             dead = remove_dead_channels(model, example_inputs, analysis, probe=[x for x, _ in calib_batches] or None,
                                         tol=dead_tol, origins=origins, verbose=verbose,
                                         ignored={model.get_submodule(n) for n in ignored},
-                                        held_out=[x for x, _ in _calib_batches(held_out)] or None)
+                                        held_out=[x for x, _ in _calib_batches(held_out)] or None,
+                                        time_limit_s=dead_time_s)
         pruner = _Pruner(model, example_inputs, origins, importance=importance, analysis=analysis, ignored=ignored,
                          round_to=round_to, per_layer=per_layer or {}, calib=calib_batches, verbose=verbose)
         if macs_target is not None:

@@ -358,3 +358,21 @@ def test_split_block_that_torch_pruning_breaks_is_rolled_back_and_named():
     assert ((out - ref).norm() / ref.norm()).item() < REL_TOL
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert p.shape == q.shape, name  # nothing half-pruned is left behind
+
+
+def test_a_spent_time_limit_leaves_the_remaining_layers_in_place_with_the_reason():
+    """On random weights or few images tens of thousands of channels can look constant (timm's NF nets): the pass
+    stops at its time limit, records what it did not examine, and the model is left exactly as it was there."""
+    model = _randomize_bn(SmallNet())
+    _plant(model.bn1, [2, 7], -1.0)
+    _plant(model.bn3, [5], 0.3)
+    analysis = FakeAnalysis({"conv1": {2: _const(0.0), 7: _const(0.0)}, "conv3": {5: _const(0.3)}})
+    x = torch.randn(4, 3, 16, 16)
+    reference = copy.deepcopy(model.state_dict())
+    report = remove_dead_channels(model, x[:1], analysis, probe=[x], time_limit_s=0.0)
+    assert report.removed == []
+    assert {(s.layer, tuple(s.channels)) for s in report.skipped} == {("conv1", (2, 7)), ("conv3", (5,))}
+    assert all("ran out of its share of the prune time budget" in s.reason for s in report.skipped)
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+    untimed = remove_dead_channels(model, x[:1], analysis, probe=[x], time_limit_s=None)
+    assert len(untimed.removed) == 2 and model.conv1.out_channels == 14  # the same call without a limit removes them
