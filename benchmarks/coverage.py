@@ -46,7 +46,7 @@ from common import RESULTS, command_line, context, ensure_path, fmt, run_isolate
 ensure_path()
 from compress.transforms.rewrite.registry import config_for_kind, kinds  # noqa: E402
 
-__all__ = ["QUICK", "KINDS", "TIMM_SEED", "timm_picks", "build", "model_kwargs", "input_size", "estimated_gib",
+__all__ = ["merge_rows", "QUICK", "KINDS", "TIMM_SEED", "timm_picks", "build", "model_kwargs", "input_size", "estimated_gib",
            "check_model", "markdown", "main"]
 
 QUICK = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x0_5",
@@ -422,6 +422,20 @@ def markdown(out: dict[str, Any]) -> str:
                               else []))
 
 
+def merge_rows(path: Path, rerun: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``path``'s rows of the models in ``rerun`` (append new ones); its command records the rerun."""
+    from compress.io import atomic_write_json, atomic_write_text
+
+    sweep = json.loads(path.read_text())
+    fresh = {r["name"]: r for r in rerun["rows"]}
+    rows = [fresh.pop(r["name"], r) for r in sweep["rows"]]
+    sweep["rows"] = rows + list(fresh.values())
+    sweep["command"] += f" ; rows rerun {rerun['date']}: {rerun['command']}"
+    atomic_write_json(path, sweep)
+    atomic_write_text(path.with_name("coverage.md"), markdown(sweep))
+    return sweep
+
+
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
@@ -435,6 +449,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=None,
                    help="rewrite only this many eligible convs per kind, the smallest (default: all; --quick: 2)")
     p.add_argument("--out", default=str(RESULTS / "coverage.json"))
+    p.add_argument("--merge-into", metavar="JSON",
+                   help="also put these rows into that earlier sweep (replacing its rows of the same models; its "
+                        "command line then names this rerun) and rewrite its coverage.md")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: check one model, print its JSON row
     args = p.parse_args(argv)
@@ -468,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     out["seconds"] = round(time.perf_counter() - began, 1)
     atomic_write_json(Path(args.out), out)
     Path(args.out).with_name("coverage.md").write_text(markdown(out))
+    if args.merge_into:
+        merge_rows(Path(args.merge_into), out)
     print(json.dumps(out))
     return 0
 

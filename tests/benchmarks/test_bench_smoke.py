@@ -145,3 +145,27 @@ def test_coverage_input_size_keeps_64px_for_a_timm_model_that_runs_at_64px():
     assert model.fc.weight.is_meta
     assert coverage.input_size("timm:resnet18") == 64
     assert coverage.input_size("timm:bat_resnext26ts") == 256  # asserts its feature-map size: its own 256 px
+
+
+def test_coverage_rerun_rows_merge_into_an_earlier_sweep(tmp_path):
+    """A rerun of some models replaces exactly their rows in the earlier sweep, appends new ones, and the sweep's
+    command names the rerun; its coverage.md is rewritten from the merged rows."""
+    import json
+
+    row = coverage.check_model("squeezenet1_1", 64, limit=1)
+    old_failed = {"name": "squeezenet1_1", "input": 64, "analyze": {"status": "ok"},
+                  "prune": {"status": "error", "error": "CompressError: old failure"}}
+    other = {"name": "kept", "input": 64, "analyze": {"status": "ok"}, "prune": {"status": "error", "error": "E"}}
+    base = {**common.context("python benchmarks/coverage.py --models squeezenet1_1 kept"), "ratio": 0.3,
+            "kinds": coverage.KINDS, "timeout_s": 1, "seconds": 1, "rows": [old_failed, other]}
+    path = tmp_path / "coverage.json"
+    path.write_text(json.dumps(base))
+    rerun = {**common.context("python benchmarks/coverage.py --models squeezenet1_1 new"), "rows": [
+        row, {"name": "new", "status": "skipped: needs ~99 GiB"}]}
+    merged = coverage.merge_rows(path, rerun)
+    assert [r["name"] for r in merged["rows"]] == ["squeezenet1_1", "kept", "new"]
+    assert merged["rows"][0] is not old_failed and merged["rows"][0]["prune"]["status"] == "ok"
+    assert merged["command"].endswith(f"; rows rerun {rerun['date']}: {rerun['command']}")
+    assert json.loads(path.read_text()) == merged
+    text = (tmp_path / "coverage.md").read_text()
+    assert "old failure" not in text and "- prune: 1/2 passed; failed: kept" in text
