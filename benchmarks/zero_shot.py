@@ -43,6 +43,7 @@ import argparse
 import copy
 import fcntl
 import fnmatch
+import itertools
 import json
 import logging
 import sys
@@ -227,7 +228,7 @@ def measure(setup: Any, args: argparse.Namespace) -> dict[str, Any]:
                           importances=tuple(args.importances), rewrites=args.rewrites, tp=args.tp)
     recipe = _plan_recipe(setup, PLAN_RECIPE) if args.plan_batches else None
     if recipe is not None:
-        variants = _chain(variants, plans(setup, recipe, args.plan_batches, verbose=args.verbose))
+        variants = itertools.chain(variants, plans(setup, recipe, args.plan_batches, verbose=args.verbose))
     elif args.plan_batches:
         entry["notes"].append(f"No plan rows: {PLAN_RECIPE} starts from another baseline (model, data or training).")
     for variant in variants:
@@ -247,11 +248,6 @@ def measure(setup: Any, args: argparse.Namespace) -> dict[str, Any]:
             entry["rows"].append(row)
             LOG.info("%s %s %s: top-1 %.4f %s", setup.key, variant.label, method, row["top1"], row["finetune"])
     return entry
-
-
-def _chain(*parts: Iterator[Variant]) -> Iterator[Variant]:
-    for part in parts:
-        yield from part
 
 
 def store(path: Path, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
