@@ -231,6 +231,17 @@ class _PermuteIndexMapping:
                       key=lambda h: h.idx)
 
 
+def _gain_convs() -> tuple[type, ...]:
+    """Conv types with a per-output-channel ``gain`` parameter that tp's conv pruner leaves at the old width
+    (timm's ``ScaledStdConv2d``: the weight-standardised conv of the NF nets, whose standardisation then fails:
+    "weight should contain 358 elements not 512"); :func:`prune_group` prunes it with the weight."""
+    try:
+        from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame
+    except ImportError:
+        return ()
+    return (ScaledStdConv2d, ScaledStdConv2dSame)
+
+
 def customized_pruners() -> dict[type, tp.pruner.BasePruningFunc]:
     """Fresh tp pruning functions for compress' own modules (fresh: they hold per-graph channel counts)."""
     return {ChannelShuffle: ChannelShufflePruner(), ChannelPermute: ChannelPermutePruner()}
@@ -257,7 +268,8 @@ def traceable(model: nn.Module, pruners: Mapping[type, tp.pruner.BasePruningFunc
     autograd links the shuffle directly to its producer (tp would otherwise trace the internal view/transpose)
     and records the channel count for :class:`ChannelShufflePruner`. Likewise each :func:`channel_agnostic_gates`
     module's output is replaced by the same values linked to its input by element-wise ops only: tp sees the
-    channels pass through, not the gate's internals.
+    channels pass through, not the gate's internals; and a weight-standardised conv (:func:`_gain_convs`)
+    returns the plain conv of its raw weight, so tp sees one conv, not the standardisation of its weight.
     """
     shuffle_pruner = (pruners or {}).get(ChannelShuffle)
 
@@ -270,10 +282,18 @@ def traceable(model: nn.Module, pruners: Mapping[type, tp.pruner.BasePruningFunc
         x = args[0]
         return output.detach() + (x - x.detach())  # the same values; autograd sees x passed through
 
-    gates = channel_agnostic_gates()
+    def plain_conv_hook(module: nn.Conv2d, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        # the same conv on the raw weight: tp traces x -> conv, not the weight standardisation's reshape /
+        # batch_norm (which it would take for a path of data through the conv's input channels)
+        return torch.nn.functional.conv2d(args[0], module.weight, module.bias, module.stride, module.padding,
+                                          module.dilation, module.groups)
+
+    gates, gain_convs = channel_agnostic_gates(), _gain_convs()
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if shuffle_pruner is not None and isinstance(m, ChannelShuffle)]
     handles += [m.register_forward_hook(gate_hook) for m in model.modules() if gates and isinstance(m, gates)]
+    handles += [m.register_forward_hook(plain_conv_hook) for m in model.modules()
+                if gain_convs and isinstance(m, gain_convs) and isinstance(m.padding, tuple)]
     frozen = [p for p in model.parameters() if not p.requires_grad]
     hooks_before = {m: set(m._forward_hooks) for m in model.modules()}
     try:
@@ -469,9 +489,17 @@ def prune_group(graph: "tp.DependencyGraph", group: Any) -> None:
 
     tp's ``SplitPruner`` updates a split's ``split_sizes`` but writes the new offsets to itself instead of the
     split node, and the index mapping of every later group reads the node's offsets: without this refresh a
-    second group through the same ``torch.split`` maps to the wrong channels.
+    second group through the same ``torch.split`` maps to the wrong channels. The ``gain`` of a weight-standardised
+    conv (:func:`_gain_convs`) loses the same output channels as its weight.
     """
+    gain_convs = _gain_convs()
+    gains = [(dep.target.module, set(idxs)) for dep, idxs in group
+             if gain_convs and isinstance(dep.target.module, gain_convs) and dep.handler in OUT_CHANNEL_FNS]
+    widths = [conv.out_channels for conv, _ in gains]
     group.prune()
+    for (conv, removed), width in zip(gains, widths):
+        keep = [i for i in range(width) if i not in removed]
+        conv.gain = nn.Parameter(conv.gain.data[keep].clone(), requires_grad=conv.gain.requires_grad)
     for node in graph.module2node.values():
         sizes = getattr(node.module, "split_sizes", None) if node.type == tp.ops.OPTYPE.SPLIT else None
         if sizes is not None:
