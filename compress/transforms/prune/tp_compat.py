@@ -285,7 +285,12 @@ def traceable(model: nn.Module, pruners: Mapping[type, tp.pruner.BasePruningFunc
     def plain_conv_hook(module: nn.Conv2d, args: tuple, output: torch.Tensor) -> torch.Tensor:
         # the same conv on the raw weight: tp traces x -> conv, not the weight standardisation's reshape /
         # batch_norm (which it would take for a path of data through the conv's input channels)
-        return torch.nn.functional.conv2d(args[0], module.weight, module.bias, module.stride, module.padding,
+        x = args[0]
+        if getattr(module, "same_pad", False):  # ScaledStdConv2dSame pads dynamically, then convs unpadded
+            from timm.layers import pad_same
+
+            x = pad_same(x, module.kernel_size, module.stride, module.dilation)
+        return torch.nn.functional.conv2d(x, module.weight, module.bias, module.stride, module.padding,
                                           module.dilation, module.groups)
 
     gates, gain_convs = channel_agnostic_gates(), _gain_convs()
@@ -293,7 +298,7 @@ def traceable(model: nn.Module, pruners: Mapping[type, tp.pruner.BasePruningFunc
                if shuffle_pruner is not None and isinstance(m, ChannelShuffle)]
     handles += [m.register_forward_hook(gate_hook) for m in model.modules() if gates and isinstance(m, gates)]
     handles += [m.register_forward_hook(plain_conv_hook) for m in model.modules()
-                if gain_convs and isinstance(m, gain_convs) and isinstance(m.padding, tuple)]
+                if gain_convs and isinstance(m, gain_convs)]
     frozen = [p for p in model.parameters() if not p.requires_grad]
     hooks_before = {m: set(m._forward_hooks) for m in model.modules()}
     try:

@@ -57,17 +57,24 @@ def test_a_concat_torch_pruning_cannot_size_skips_only_the_groups_through_it():
     _runs(model)
 
 
-def test_nf_nets_weight_standardised_convs_prune_with_their_gain():
+@pytest.mark.parametrize("same", [False, True])
+def test_nf_nets_weight_standardised_convs_prune_with_their_gain(same):
     """timm's ScaledStdConv2d carries a per-output-channel gain that tp's conv pruner leaves at the old width;
-    GainConvPruner prunes it too, so every group prunes and each kept filter computes what it did before."""
-    from timm.layers import ScaledStdConv2d
+    prune_group prunes it too, so every group prunes and each kept filter computes what it did before (also the
+    dynamically padded ScaledStdConv2dSame of dm_nfnet)."""
+    from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame
+
+    def conv(cin: int, cout: int, stride: int = 1) -> nn.Module:
+        return ScaledStdConv2dSame(cin, cout, 3, stride=stride, padding="same") if same else \
+            ScaledStdConv2d(cin, cout, 3, stride=stride, padding=1)
 
     torch.manual_seed(0)
-    model = nn.Sequential(ScaledStdConv2d(3, 16, 3, padding=1), nn.ReLU(), ScaledStdConv2d(16, 16, 3, padding=1),
-                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    model = nn.Sequential(conv(3, 16), nn.ReLU(), conv(16, 16, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(16, 10)).eval()
+    assert getattr(model[2], "same_pad", False) == same  # stride 2 'same': padded in forward
     with torch.no_grad():
         model[0].gain.uniform_(0.5, 2.0)
-    first = ScaledStdConv2d(3, 16, 3, padding=1).eval()
+    first = conv(3, 16).eval()
     first.load_state_dict(model[0].state_dict())
     x = torch.randn(2, 3, 12, 12)
     result = prune(model, x[:1], ratio=0.25)
