@@ -173,8 +173,8 @@ class GroupGuard:
             groups already checked on an identical copy).
 
         runaway: root layer name -> reason, for groups whose construction ran past
-            :data:`~.tp_compat.GROUP_BUDGET_S`; shared
-            between the guards of successive copies of one model, so each runaway group costs its budget once.
+            :data:`~.tp_compat.GROUP_BUDGET_S`; shared between the guards of successive copies of one model, so
+            each runaway group costs its budget once.
 
     Attributes:
         skipped: the groups left unpruned, in order (one entry per root layer).
@@ -239,8 +239,8 @@ class GroupGuard:
     def _group(self, graph: tp.DependencyGraph, get_group: Any, module: nn.Module, pruning_fn: Any,
                idxs: Any) -> Group:
         """``get_group(module, pruning_fn, idxs)`` within :data:`~.tp_compat.GROUP_BUDGET_S`. On failure a group
-        marked ``compress_skip`` with the reason: after a runaway the part built so far (its layers are not tried as roots
-        again), else the root layer alone."""
+        marked ``compress_skip`` with the reason: after a runaway the part built so far (its layers are not tried
+        as roots again), else the root layer alone."""
         root = self._root(module)
         reason = self.runaway.get(root)
         made: list[Group] = []
@@ -284,9 +284,8 @@ class GroupGuard:
         """Make ``pruner`` skip (and record) groups whose construction or importance estimation raises.
 
         Wraps the instance's ``DG.get_pruning_group`` (through :meth:`_group`: a failure returns a group marked
-        ``compress_skip``, which tp's pruner and :meth:`prune` pass over)
-        and ``estimate_importance`` (a failure returns ``None``, which tp's pruner skips); nothing else of tp
-        changes.
+        ``compress_skip``, which tp's pruner and :meth:`prune` pass over) and ``estimate_importance`` (a failure
+        returns ``None``, which tp's pruner skips); nothing else of tp changes.
         """
         graph, get_group, estimate = pruner.DG, pruner.DG.get_pruning_group, pruner.estimate_importance
 

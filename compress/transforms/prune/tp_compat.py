@@ -31,6 +31,7 @@ permute folding and producer lookup all build their graphs with :func:`build_gra
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import sys
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
@@ -51,10 +52,11 @@ from .budget import TimeBudget, protected
 from .layer_roles import layer_width
 from .where import tp_errors
 
-__all__ = ["GROUP_BUDGET_S", "RUNAWAY", "RunawayGroup", "bounded_group", "channel_agnostic_gates", "ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
-           "shuffle_permutation", "customized_pruners", "traceable", "link_index_maps", "order_split_outputs",
-           "build_graph", "GRAPH_BUILDING", "GRAPH_HINT", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins",
-           "prune_group", "replay_history"]
+__all__ = ["GROUP_BUDGET_S", "RUNAWAY", "RunawayGroup", "bounded_group", "channel_agnostic_gates", "ShuffleV2Block",
+           "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner", "shuffle_permutation",
+           "customized_pruners", "traceable", "link_index_maps", "order_split_outputs", "build_graph",
+           "GRAPH_BUILDING", "GRAPH_HINT", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins", "prune_group",
+           "replay_history"]
 
 
 class ShuffleV2Block(nn.Module):
@@ -231,6 +233,7 @@ class _PermuteIndexMapping:
                       key=lambda h: h.idx)
 
 
+@functools.cache
 def _gain_convs() -> tuple[type, ...]:
     """Conv types with a per-output-channel ``gain`` parameter that tp's conv pruner leaves at the old width
     (timm's ``ScaledStdConv2d``: the weight-standardised conv of the NF nets, whose standardisation then fails:
@@ -504,7 +507,7 @@ def prune_group(graph: "tp.DependencyGraph", group: Any) -> None:
     group.prune()
     for (conv, removed), width in zip(gains, widths):
         keep = [i for i in range(width) if i not in removed]
-        conv.gain = nn.Parameter(conv.gain.data[keep].clone(), requires_grad=conv.gain.requires_grad)
+        conv.gain = graph.get_pruner_of_module(conv)._prune_parameter_and_grad(conv.gain, keep, 0)
     for node in graph.module2node.values():
         sizes = getattr(node.module, "split_sizes", None) if node.type == tp.ops.OPTYPE.SPLIT else None
         if sizes is not None:
