@@ -23,6 +23,10 @@ class StepDetails:
         """Strict-JSON form for ``run.json`` / ``report.json`` (default: every field, recursively)."""
         return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    def report_notes(self) -> list[str]:
+        """Lines the report's Notes show for this step: what it left undone and why (default: none)."""
+        return []
+
 
 @dataclass(frozen=True)
 class BaselineDetails(StepDetails):

@@ -121,3 +121,29 @@ def test_cli_shows_progress_lines_and_quiet_silences_them(capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == "warning: still said\n"
     assert not logging.getLogger("compress").handlers  # removed again after the run
+
+
+def test_a_model_with_an_unprunable_group_finishes_and_the_report_names_the_group(out, tmp_path, monkeypatch):
+    """The user's model (``module:factory``) has groups torch-pruning breaks (a split by stored sizes): the
+    recipe finishes, the rest of the model prunes, and report.json / report.md name each skipped group's root
+    with its reason."""
+    import yaml
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "transforms" / "prune"))
+    recipe = yaml.safe_load(Path(TINY).read_text())
+    recipe["model"] = {"name": "unprunable_models:MixNet", "kwargs": {"num_classes": 4}}
+    recipe["baseline"] = {"train": {"epochs": 1, "lr": 0.05}}
+    recipe["steps"] = [{"prune": {"ratio": 0.3}}, {"report": {"latency": False}}]
+    path = tmp_path / "unprunable.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main([str(path), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["final"]["macs"] < report["baseline"]["macs"]
+    skipped = [n for n in report["notes"] if "left unpruned" in n]
+    assert sorted(n.split("'")[1] for n in skipped) == ["mix.convs.0", "mix.convs.1"]
+    assert all(n.startswith("step prune") and "split_with_sizes" in n for n in skipped)
+    markdown = (out / "report.md").read_text()
+    assert all(n in markdown for n in skipped)
+    run = json.loads((out / "run.json").read_text())
+    (prune,) = [s for s in run["steps"] if s["kind"] == "prune"]
+    assert sorted(s["root"] for s in prune["details"]["skipped"]) == ["mix.convs.0", "mix.convs.1"]

@@ -56,6 +56,11 @@ def _steps(records: Sequence[Any]) -> list[dict[str, Any]]:
     return [r.to_plain() for r in records]
 
 
+def _step_notes(records: Sequence[Any]) -> list[str]:
+    """Each step's own notes (:meth:`~compress.records.StepDetails.report_notes`), prefixed with the step's name."""
+    return [f"step {r.name}: {line}" for r in records if r.details is not None for line in r.details.report_notes()]
+
+
 # The per-layer fields of compress.transforms.rewrite.apply.RewriteRecord that the report shows: read by their
 # record's own names (tests/reporting/test_parts checks they are RewriteRecord fields).
 REWRITE_KEYS = ("kind", "macs_before", "macs_after", "weight_error", "output_error")
@@ -159,7 +164,7 @@ def build_report(ctx: Any, *, comparisons: Sequence[Comparison] = (), layer_time
         "onnx": jsonable((artifacts or {}).get("model.onnx")),
         "artifacts": jsonable(artifacts or {}),
         "plots": [],
-        "notes": list(notes) + skipped,
+        "notes": list(notes) + _step_notes(ctx.records) + skipped,
     }
     validate(report)
     return report

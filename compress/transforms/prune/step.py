@@ -62,6 +62,15 @@ class PruneDetails(Reconstruction):
         return {**jsonable(self.result.to_dict()), "unknown_layers": list(self.unknown_layers),
                 "analysis_invalidated": self.analysis_invalidated, **self.reconstruction_plain()}
 
+    def report_notes(self) -> list[str]:
+        """One line per channel group left unpruned (its root layer and the reason), and the MACs shortfall."""
+        r = self.result
+        lines = [f"channel group of '{s.root}' left unpruned: {s.reason}" for s in r.skipped]
+        if r.target_met is False:
+            lines.append(f"MACs target {r.macs_target} not met: {r.macs_fraction:.3f} of the MACs reached "
+                         f"({r.shortfall:.3f} short)")
+        return lines
+
 
 @register_step("prune", PruneStep, PruneDetails)
 def prune_step(ctx: Any, cfg: PruneStep) -> PruneDetails:

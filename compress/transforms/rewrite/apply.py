@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ...errors import CompressError
 from ...hooks import probe
+from ...modes import evaluating
 from .absorb import absorb_permutes
 from .allocate import Option, allocate
 from .decompose import relative_error
@@ -38,7 +39,9 @@ from .registry import (KindOptions, RewriteConfig, apply_config, config_for_kind
 from .selection import LayerSelection, split_options
 from ..prune.tp_compat import build_graph
 
-__all__ = ["RewriteRecord", "LayerSelection", "rewrite", "conv_macs"]
+__all__ = ["RewriteRecord", "LayerSelection", "rewrite", "conv_macs", "FORWARD_FAILS"]
+
+FORWARD_FAILS = "the model's forward fails"  # how a replacement rolled back by the forward check is skipped
 
 
 @dataclass
@@ -163,6 +166,8 @@ def rewrite(model: nn.Module, kind: str | KindOptions, *, select: LayerSelection
         if new is not None:
             new_modules[name] = new
     replace_modules(model, lambda n, m: new_modules[n], lambda n, m: n in new_modules)
+    if example_inputs is not None and new_modules:
+        _keep_runnable(model, example_inputs, eligible, new_modules, records)
     if absorb and example_inputs is not None:
         _absorb(model, example_inputs, new_modules, records, verbose)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
@@ -303,6 +308,46 @@ def _growth(record: RewriteRecord) -> str | None:
         ("parameters", record.params_before, record.params_after), ("MACs", record.macs_before, record.macs_after))
         if before is not None and after is not None and after > before]
     return ", ".join(grew) or None
+
+
+def _forward_failure(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Why one eval-mode forward of ``model`` on ``x`` fails, or ``None`` when it runs."""
+    try:
+        with torch.no_grad(), evaluating(model):
+            model(x)
+    except Exception as err:  # noqa: BLE001 - the user's own forward: whatever it raises is the reason
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _keep_runnable(model: nn.Module, x: torch.Tensor, originals: dict[str, nn.Conv2d],
+                   new_modules: dict[str, nn.Module], records: dict[str, RewriteRecord]) -> None:
+    """Roll back the replacements the model's own forward cannot run with (``new_modules`` and ``records``
+    updated in place).
+
+    A model may read a conv's attributes in its forward (timm's EdgeNeXt positional encoding reads
+    ``token_projection.weight.device``), which no replacement module has. When the rewritten model's forward
+    fails, each replacement is tried alone in the dense model; those that fail are put back to the dense conv and
+    skipped with the error. Costs one forward when nothing fails, one per rewritten layer when something does.
+    """
+    if _forward_failure(model, x) is None:
+        return
+    keep = lambda n, m: n in new_modules  # noqa: E731
+    replace_modules(model, lambda n, m: originals[n], keep)
+    for name in list(new_modules):
+        replace_modules(model, lambda n, m: new_modules[n], lambda n, m: n == name)
+        failure = _forward_failure(model, x)
+        replace_modules(model, lambda n, m: originals[n], lambda n, m: n == name)
+        if failure is not None:
+            del new_modules[name]
+            records[name].skipped = f"{FORWARD_FAILS} with this layer replaced: {failure}"
+    replace_modules(model, lambda n, m: new_modules[n], keep)
+    failure = _forward_failure(model, x)
+    if failure is not None:  # each one runs alone, not all together
+        replace_modules(model, lambda n, m: originals[n], keep)
+        for name in new_modules:
+            records[name].skipped = f"{FORWARD_FAILS} with the rewritten layers together: {failure}"
+        new_modules.clear()
 
 
 def _absorb(model: nn.Module, example_inputs: torch.Tensor, new_modules: dict[str, nn.Module],

@@ -120,6 +120,13 @@ class RewriteDetails(Reconstruction):
     def to_plain(self) -> dict[str, Any]:
         return {**super().to_plain(), "rewritten": self.rewritten}
 
+    def report_notes(self) -> list[str]:
+        """The layers kept dense because the model's own forward failed with them replaced."""
+        from .apply import FORWARD_FAILS
+
+        return [f"{r.layer} kept dense: {r.skipped}" for r in self.layers
+                if (r.skipped or "").startswith(FORWARD_FAILS)]
+
 
 @register_step("rewrite", RewriteStep, RewriteDetails)
 def run_rewrite(ctx: Any, cfg: RewriteStep) -> RewriteDetails:

@@ -13,6 +13,7 @@ from compress.transforms.prune import tp_compat
 from compress.transforms.prune.guard import GroupGuard, SkippedGroup
 from compress.transforms.prune.pruner import prune
 from compress.transforms.prune.tp_compat import build_graph, prune_group
+from unprunable_models import MixNet
 
 
 class SplitNet(nn.Module):
@@ -35,35 +36,6 @@ class SplitNet(nn.Module):
         x1, x2 = torch.split(x, [self.a.in_channels, x.shape[1] - self.a.in_channels], dim=1)
         x = torch.cat((self.a(x1), self.b(x2)), dim=1)
         return self.head(torch.relu(self.bn3(self.c3(x))).mean(dim=(2, 3)))
-
-
-class FixedSplitConv(nn.Module):
-    """Like timm's MixedConv2d: splits its input by sizes it stores itself (tp does not know to update them)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.splits = [channels // 2, channels - channels // 2]
-        self.convs = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.splits, (3, 5)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([conv(part) for conv, part in zip(self.convs, torch.split(x, self.splits, dim=1))], dim=1)
-
-
-class MixNet(nn.Module):
-    """stem (3 -> 16) -> mixed depthwise (fixed split) -> pw (16 -> 24) -> pw (24 -> 24) -> pool -> Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.mix = FixedSplitConv(16)
-        self.pw1, self.bn1 = nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24)
-        self.pw2, self.bn2 = nn.Conv2d(24, 24, 1), nn.BatchNorm2d(24)
-        self.head = nn.Linear(24, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mix(torch.relu(self.bn0(self.stem(x))))
-        x = torch.relu(self.bn2(self.pw2(torch.relu(self.bn1(self.pw1(x))))))
-        return self.head(x.mean(dim=(2, 3)))
 
 
 def _randomise(model: nn.Module) -> nn.Module:

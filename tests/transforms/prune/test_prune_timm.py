@@ -100,3 +100,39 @@ def test_a_hang_in_torch_pruning_ends_at_the_budget_naming_the_layer():
     assert _hooks(model) == 0
     assert [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] == widths
     _runs(model)
+
+
+class _GlobalContextNet(nn.Module):
+    """stem -> timm's GlobalContext block -> conv -> Linear: tp's index maps around the attention pooling form a
+    cycle, so building the stem's group never ends on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import GlobalContext
+
+        self.stem, self.gc = nn.Conv2d(3, 16, 3, padding=1), GlobalContext(16, rd_ratio=0.25)
+        self.conv, self.head = nn.Conv2d(16, 24, 3, padding=1), nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(self.gc(self.stem(x))).mean((2, 3)))
+
+
+def test_a_runaway_group_is_stopped_by_its_index_lists_length_with_the_time_budgets_verdict(monkeypatch):
+    from compress.transforms.prune import tp_compat
+
+    x = torch.randn(1, 3, 16, 16)
+    monkeypatch.setattr(tp_compat, "GROUP_BUDGET_S", 600.0)  # only the length bound can stop it within 60 s
+    torch.manual_seed(0)
+    by_length = prune(_GlobalContextNet().eval(), x, ratio=0.3, time_budget_s=60)
+    assert {s.root for s in by_length.skipped} == {"stem", "gc.mlp_scale.fc2", "gc.conv_attn"}
+    assert all("an index list grew to" in s.reason and "past the largest dimension of the model (24;" in s.reason
+               for s in by_length.skipped)
+
+    monkeypatch.setattr(tp_compat, "GROUP_BUDGET_S", 0.5)
+    monkeypatch.setattr(tp_compat, "index_limit", lambda graph: None)  # the time budget alone
+    torch.manual_seed(0)
+    by_time = prune(_GlobalContextNet().eval(), x, ratio=0.3, time_budget_s=60)
+    assert {s.root for s in by_time.skipped} == {s.root for s in by_length.skipped}
+    assert all("in 0.5 s" in s.reason for s in by_time.skipped)
+    assert (by_time.macs_after, by_time.channels_after) == (by_length.macs_after, by_length.channels_after)
+    assert by_length.macs_after < by_length.macs_before

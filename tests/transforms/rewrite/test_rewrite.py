@@ -307,3 +307,39 @@ def test_a_permute_whose_group_runs_away_stays_with_the_reason_and_the_rewrite_s
     assert all(s.count(tp_compat.RUNAWAY) == 2 for s in statuses.values())  # downstream and upstream both tried
     assert len(spins) == 4  # each side of each permute once: a later round does not try them again
     assert relative_error(net(x), unfolded(x)) < 1e-12
+
+
+class _ReadsWeight(nn.Module):
+    """A forward that reads a conv's ``weight`` (as timm's EdgeNeXt positional encoding does): no replacement
+    module has one, so rewriting ``probe`` must be rolled back while ``body``'s convs are still rewritten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probe = nn.Conv2d(16, 16, 1)  # eligible, never run: only its weight's dtype is read
+        self.body = tiny_net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.to(self.probe.weight.dtype))
+
+
+@pytest.mark.parametrize("kind", ["grouped", "bottleneck"])
+def test_a_rewrite_the_models_forward_cannot_run_with_is_rolled_back_with_the_reason(kind):
+    net = _ReadsWeight().double()
+    reference = copy.deepcopy(net)
+    x = X.double()
+    records = _by_layer(rewrite(net, kind, example_inputs=x[:1],
+                                **({"groups": 2} if kind == "grouped" else {"rank_ratio": 0.5})))
+    assert records["probe"].skipped.startswith("the model's forward fails with this layer replaced: "
+                                               "AttributeError")
+    assert type(net.probe) is nn.Conv2d and torch.equal(net.probe.weight, reference.probe.weight)
+    rewritten = [name for name, r in records.items() if r.skipped is None]
+    assert rewritten and all(repr(net.get_submodule(n)) != repr(reference.get_submodule(n)) for n in rewritten)
+    assert torch.isfinite(net(x)).all() and net(x).shape == reference(x).shape
+
+
+def test_without_example_inputs_nothing_is_run_or_rolled_back():
+    net = _ReadsWeight()
+    records = _by_layer(rewrite(net, "grouped", groups=2, include=["probe"]))
+    assert records["probe"].skipped is None
+    with pytest.raises(AttributeError, match="weight"):
+        net(X)

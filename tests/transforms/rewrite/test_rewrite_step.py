@@ -80,3 +80,21 @@ def test_handler_rewrites_the_context_model(step_context):
     (plain,) = json.loads(json.dumps(details.to_plain()))["layers"]
     assert plain["layer"] == "2" and plain["weight_error"] == layer.weight_error
     assert model(ctx.example_inputs).shape == (1, 4)
+
+
+class _ReadsWeight(nn.Sequential):
+    """A forward that reads the last conv's ``weight`` (as timm's EdgeNeXt does): no replacement has one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self[4].weight.dtype))
+
+
+def test_a_layer_the_forward_cannot_run_without_is_kept_dense_and_the_report_notes_it(step_context):
+    model = _ReadsWeight(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+    ctx = step_context(model, example_inputs=torch.randn(1, 3, 16, 16))
+    details = run_rewrite(ctx, parse(RewriteStep, {"kind": "separable", "T": 2}))
+    assert [r.layer for r in details.layers if r.skipped is None] == ["2"] and type(model[4]) is nn.Conv2d
+    (note,) = details.report_notes()
+    assert note.startswith("4 kept dense: the model's forward fails with this layer replaced: AttributeError")
+    assert model(ctx.example_inputs).shape == (1, 4)
