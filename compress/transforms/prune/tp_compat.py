@@ -55,7 +55,7 @@ from .where import tp_errors
 
 __all__ = ["GROUP_BUDGET_S", "RUNAWAY", "RunawayGroup", "bounded_group", "index_limit", "channel_agnostic_gates",
            "ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
-           "shuffle_permutation",
+           "shuffle_permutation", "attention_heads", "WIDTH_ATTRIBUTES",
            "customized_pruners", "traceable", "link_index_maps", "order_split_outputs", "build_graph",
            "GRAPH_BUILDING", "GRAPH_HINT", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins", "prune_group",
            "replay_history"]
@@ -538,13 +538,38 @@ class ChannelOrigins:
         return new
 
 
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """tp's ``out_channel_groups`` for ``model``: every ``nn.MultiheadAttention`` with its head count, so a group
+    through it removes the same dimensions from every head and ``embed_dim`` stays a multiple of the heads.
+
+    (Not tp's ``num_heads``: with it, tp 1.6 re-roots attention groups at a downstream layer, finds none in
+    torchvision's ViT and leaves the residual stream unpruned.)
+    """
+    return {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+
+
+def _vit_hidden_dim(model: nn.Module) -> None:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    for m in model.modules():
+        if isinstance(m, VisionTransformer):
+            m.hidden_dim = m.conv_proj.out_channels
+
+
+# Models that keep a pruned width as a plain attribute their forward reads, and how to bring it up to date after a
+# group is pruned (tp updates modules' own fields only). torchvision's ViT reshapes its patch embedding with
+# ``self.hidden_dim``.
+WIDTH_ATTRIBUTES: tuple[Callable[[nn.Module], None], ...] = (_vit_hidden_dim,)
+
+
 def prune_group(graph: "tp.DependencyGraph", group: Any) -> None:
     """``group.prune()``, then refresh the split offsets tp 1.6 leaves stale.
 
     tp's ``SplitPruner`` updates a split's ``split_sizes`` but writes the new offsets to itself instead of the
     split node, and the index mapping of every later group reads the node's offsets: without this refresh a
     second group through the same ``torch.split`` maps to the wrong channels. The ``gain`` of a weight-standardised
-    conv (:func:`_gain_convs`) loses the same output channels as its weight.
+    conv (:func:`_gain_convs`) loses the same output channels as its weight; the width attributes of
+    :data:`WIDTH_ATTRIBUTES` are brought up to date.
     """
     gain_convs = _gain_convs()
     gains = [(dep.target.module, set(idxs)) for dep, idxs in group
@@ -554,6 +579,8 @@ def prune_group(graph: "tp.DependencyGraph", group: Any) -> None:
     for (conv, removed), width in zip(gains, widths):
         keep = [i for i in range(width) if i not in removed]
         conv.gain = graph.get_pruner_of_module(conv)._prune_parameter_and_grad(conv.gain, keep, 0)
+    for update in WIDTH_ATTRIBUTES:
+        update(graph.model)
     for node in graph.module2node.values():
         sizes = getattr(node.module, "split_sizes", None) if node.type == tp.ops.OPTYPE.SPLIT else None
         if sizes is not None:

@@ -214,12 +214,14 @@ def test_an_unreachable_macs_target_states_the_shortfall_and_the_skipped_groups(
     assert result.to_dict()["shortfall"] == result.shortfall
 
 
-def test_a_rolled_back_group_restores_the_children_its_pruner_cut():
+def test_a_rolled_back_group_restores_the_children_its_pruner_cut(monkeypatch):
     """tp's MultiheadAttention pruner also cuts ``out_proj`` (a child the group does not list): a failing group
     that reaches an attention layer must restore it too, or the next check fails on an attention left half-cut
-    (torchvision ViT raised ``mat1 and mat2 shapes cannot be multiplied`` out of prune)."""
+    (torchvision ViT raised ``mat1 and mat2 shapes cannot be multiplied`` out of prune). The group is made to
+    fail as it did before compress kept ViT's ``hidden_dim`` up to date."""
     from torchvision.models.vision_transformer import VisionTransformer
 
+    monkeypatch.setattr(tp_compat, "WIDTH_ATTRIBUTES", ())
     torch.manual_seed(0)
     model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64,
                               mlp_dim=128, num_classes=10).eval()

@@ -307,3 +307,24 @@ def test_a_concat_tp_cannot_size_makes_every_group_through_it_fail_to_build():
     with pytest.raises(TypeError, match="something else"):
         tp_compat._concat_dim_fixed(other_bug)(None, SimpleNamespace(
             grad_fn=SimpleNamespace(_saved_dim=1), module=SimpleNamespace(concat_sizes=[4, 4])))
+
+
+def test_a_vit_prunes_its_residual_stream_by_the_same_positions_of_every_head():
+    """torchvision's ViT: the residual stream runs through every MultiheadAttention, so its pruned dimensions must
+    be the same positions of every head (``embed_dim`` stays a multiple of the heads), and the model's own
+    ``hidden_dim``, which its patch embedding reshapes with, follows the new width."""
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                                 hidden_dim=32, mlp_dim=64, num_classes=10).eval()
+    result = prune(model, torch.randn(1, 3, 32, 32), ratio=0.3)
+    assert result.skipped == []
+    kept = result.kept["conv_proj"]
+    width, head_dim = len(kept), 32 // 4
+    assert width < 32 and model.hidden_dim == model.conv_proj.out_channels == width
+    positions = [sorted(k % head_dim for k in kept if k // head_dim == h) for h in range(4)]
+    assert all(p == positions[0] for p in positions), positions
+    for layer in model.encoder.layers:
+        attention = layer.self_attention
+        assert attention.embed_dim == width and attention.head_dim * attention.num_heads == width
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
