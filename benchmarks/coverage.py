@@ -46,7 +46,8 @@ from common import RESULTS, command_line, context, ensure_path, fmt, run_isolate
 ensure_path()
 from compress.transforms.rewrite.registry import config_for_kind, kinds  # noqa: E402
 
-__all__ = ["merge_rows", "QUICK", "KINDS", "TIMM_SEED", "timm_picks", "build", "model_kwargs", "input_size", "estimated_gib",
+__all__ = ["merge_rows", "totals", "MAX_MACS", "STAGE_LIMIT_S", "QUICK", "KINDS", "TIMM_SEED", "timm_picks", "build",
+           "model_kwargs", "input_size", "estimated_gib",
            "check_model", "markdown", "main"]
 
 QUICK = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x0_5",
@@ -358,6 +359,19 @@ def _numerics_cell(stage: dict[str, Any] | None) -> str:
 MAX_MACS = 0.8  # issue 19: at ratio 0.3 a model should reach at most this fraction of its MACs, or say why not
 
 
+STAGE_LIMIT_S = 120.0  # issue 19: no model takes longer than this in any stage
+
+
+def _why(prune: dict[str, Any]) -> str:
+    """Why a pruned model kept more than :data:`MAX_MACS` of its MACs: the groups left unpruned and the first
+    reason (the rest of the model pruned at the ratio)."""
+    skipped = prune.get("skipped_groups") or 0
+    if not skipped:
+        return "no group was skipped: the groups torch-pruning builds cover only this share of the MACs"
+    first = (prune.get("skipped") or ["?"])[0]
+    return f"{skipped} group{'s' if skipped != 1 else ''} left unpruned, the first {first[:150]}"
+
+
 def _passed(stage: dict[str, Any] | None) -> bool:
     return bool(stage) and stage.get("status") in ("ok", "n/a")
 
@@ -382,8 +396,16 @@ def totals(out: dict[str, Any]) -> list[str]:
                  if (r.get("prune") or {}).get("status") == "ok" and r["prune"].get("macs_before")}
     reached = [n for n, f in fractions.items() if f <= MAX_MACS]
     lines.append(f"- prune 0.3 reaches <= {MAX_MACS} of the MACs: {len(reached)}/{len(ran)}"
-                 + (f"; above it: {', '.join(f'{n} ({f:.2f})' for n, f in fractions.items() if f > MAX_MACS)}"
-                    if len(reached) < len(fractions) else ""))
+                 + ("; above it, with why:" if len(reached) < len(fractions) else ""))
+    rows = {r["name"]: r for r in ran}
+    lines += [f"  - {n} ({f:.2f}): {_why(rows[n]['prune'])}" for n, f in fractions.items() if f > MAX_MACS]
+    slow = [(stage, r["name"], r[stage]["seconds"]) for r in ran for stage in stages
+            if stage != "tp_alone" and isinstance(r.get(stage), dict) and r[stage].get("seconds") is not None]
+    if slow:
+        stage, name, worst = max(slow, key=lambda item: item[2])
+        over = [f"{n} {st} ({sec:.0f} s)" for st, n, sec in slow if sec > STAGE_LIMIT_S]
+        lines.append(f"- slowest compress stage: {worst:.0f} s ({name}, {stage}); over {STAGE_LIMIT_S:g} s: "
+                     + (", ".join(over) if over else "none") + " (tp alone not counted: it has no budget)")
     beyond = [r["name"] for r in ran if (r.get("prune") or {}).get("status") == "ok" and not _passed(r.get("tp_alone"))]
     lines.append(f"- compress prunes where torch-pruning alone fails: {len(beyond)}"
                  + (f" ({', '.join(beyond)})" if beyond else ""))
@@ -452,6 +474,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--merge-into", metavar="JSON",
                    help="also put these rows into that earlier sweep (replacing its rows of the same models; its "
                         "command line then names this rerun) and rewrite its coverage.md")
+    p.add_argument("--render", metavar="JSON", help="only rewrite the coverage.md next to this sweep's JSON")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: check one model, print its JSON row
     args = p.parse_args(argv)
@@ -471,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         torch.set_num_threads(args.threads)
         print(json.dumps(check_model(args.child, args.size, limit=args.layers, rewrites=args.rewrites)))
+        return 0
+    if args.render:
+        Path(args.render).with_name("coverage.md").write_text(markdown(json.loads(Path(args.render).read_text())))
         return 0
     names = args.models or (QUICK if args.quick else torchvision.models.list_models(module=torchvision.models))
     names = list(names) + (timm_picks() if args.timm else [])

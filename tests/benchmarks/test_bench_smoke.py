@@ -119,6 +119,18 @@ def test_coverage_totals_from_a_real_row():
     fraction = row["prune"]["macs_after"] / row["prune"]["macs_before"]
     assert fraction <= coverage.MAX_MACS and f"reaches <= {coverage.MAX_MACS} of the MACs: 1/2" in lines
     assert "n/a" in coverage.markdown({**common.context("x"), "ratio": 0.3, "timeout_s": 1, **out, "seconds": 1})
+    stages = [s for s in ("analyze", "prune", "onnx", *coverage.KINDS) if isinstance(row.get(s), dict)]
+    name, slowest = max(((s, row[s]["seconds"]) for s in stages), key=lambda item: item[1])
+    assert f"slowest compress stage: {slowest:.0f} s (squeezenet1_1, {name}); over 120 s: none" in lines
+
+    # the same row as a model that kept most of its MACs, two groups skipped, and a prune over the stage limit
+    held = copy.deepcopy(row)
+    held["name"] = "held"
+    held["prune"].update(macs_after=int(0.9 * held["prune"]["macs_before"]), skipped_groups=2, seconds=130.0,
+                         skipped=["features.3: the pruned model fails: RuntimeError: split_with_sizes"])
+    lines = "\n".join(coverage.totals({**out, "rows": [row, held]}))
+    assert "  - held (0.90): 2 groups left unpruned, the first features.3: the pruned model fails" in lines
+    assert "(held, prune); over 120 s: held prune (130 s)" in lines
 
 
 def test_coverage_models_have_no_all_zero_layer():

@@ -41,7 +41,7 @@ from .guard import GroupGuard, SkippedGroup
 from .config import NEEDS_ANALYSIS, TIME_BUDGET_S, PruneConfig
 from .importance import DeadFirst, make_importance
 from .layer_roles import layer_width, locked_layers, output_layers
-from .tp_compat import (GRAPH_BUILDING, GRAPH_HINT, ChannelOrigins, attention_heads, build_graph, customized_pruners,
+from .tp_compat import (GRAPH_BUILDING, GRAPH_HINT, ChannelOrigins, build_graph, channel_groups, customized_pruners,
                         link_index_maps, order_split_outputs, replay_history, swap_shufflenet_blocks, traceable)
 from .where import tp_errors
 
@@ -258,7 +258,7 @@ class _Pruner:
                 ignored_layers=[model.get_submodule(n) for n in sorted(self.ignored)], round_to=self.round_to,
                 customized_pruners=pruners, root_module_types=[nn.Conv2d, nn.Linear],
                 # tp's dict defaults are shared between instances and mutated: always pass fresh ones
-                in_channel_groups={}, out_channel_groups=attention_heads(model), num_heads={}, channel_groups={})
+                in_channel_groups={}, out_channel_groups=channel_groups(model), num_heads={}, channel_groups={})
         order_split_outputs(pruner.DG)
         link_index_maps(pruner.DG)
         guard.watch(pruner)

@@ -55,7 +55,7 @@ from .where import tp_errors
 
 __all__ = ["GROUP_BUDGET_S", "RUNAWAY", "RunawayGroup", "bounded_group", "index_limit", "channel_agnostic_gates",
            "ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
-           "shuffle_permutation", "attention_heads", "WIDTH_ATTRIBUTES",
+           "shuffle_permutation", "channel_groups", "WIDTH_ATTRIBUTES",
            "customized_pruners", "traceable", "link_index_maps", "order_split_outputs", "build_graph",
            "GRAPH_BUILDING", "GRAPH_HINT", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins", "prune_group",
            "replay_history"]
@@ -538,9 +538,10 @@ class ChannelOrigins:
         return new
 
 
-def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """tp's ``out_channel_groups`` for ``model``: every ``nn.MultiheadAttention`` with its head count, so a group
-    through it removes the same dimensions from every head and ``embed_dim`` stays a multiple of the heads.
+def channel_groups(model: nn.Module) -> dict[nn.Module, int]:
+    """tp's ``out_channel_groups`` for layers tp does not know to group: each ``nn.MultiheadAttention`` with its
+    heads, so a group through it removes the same positions of every head and ``embed_dim`` stays a multiple of
+    them.
 
     (Not tp's ``num_heads``: with it, tp 1.6 re-roots attention groups at a downstream layer, finds none in
     torchvision's ViT and leaves the residual stream unpruned.)
@@ -556,10 +557,21 @@ def _vit_hidden_dim(model: nn.Module) -> None:
             m.hidden_dim = m.conv_proj.out_channels
 
 
+def _mixed_conv_splits(model: nn.Module) -> None:
+    try:
+        from timm.layers.mixed_conv2d import MixedConv2d
+    except ImportError:  # timm is optional
+        return
+    for m in model.modules():
+        if isinstance(m, MixedConv2d):
+            m.splits = [conv.in_channels for conv in m.values()]
+            m.in_channels, m.out_channels = sum(m.splits), sum(conv.out_channels for conv in m.values())
+
+
 # Models that keep a pruned width as a plain attribute their forward reads, and how to bring it up to date after a
-# group is pruned (tp updates modules' own fields only). torchvision's ViT reshapes its patch embedding with
-# ``self.hidden_dim``.
-WIDTH_ATTRIBUTES: tuple[Callable[[nn.Module], None], ...] = (_vit_hidden_dim,)
+# group is pruned (tp updates modules' own fields only): torchvision's ViT reshapes its patch embedding with
+# ``self.hidden_dim``; timm's MixedConv2d (MixNet) splits its input by its own ``splits``.
+WIDTH_ATTRIBUTES: tuple[Callable[[nn.Module], None], ...] = (_vit_hidden_dim, _mixed_conv_splits)
 
 
 def prune_group(graph: "tp.DependencyGraph", group: Any) -> None:

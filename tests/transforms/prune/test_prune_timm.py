@@ -1,7 +1,8 @@
 """timm convnets torch-pruning 1.6.1 fails on (random weights, 64 px): prune skips, names or times out, never crashes.
 
 Without the guard these raise inside torch-pruning (cspresnet50: IndexError in the importance of the
-cross-stage groups; mixnet_s: its MixedConv2d keeps its own split sizes, so the pruned model fails; dpn68:
+cross-stage groups; mixnet_s: its MixedConv2d keeps its own split sizes, so the pruned model fails (compress
+keeps them up to date); dpn68:
 TypeError while building the graph) or hang (rexnet_100: building its groups did not end in 300 s).
 """
 from __future__ import annotations
@@ -32,8 +33,7 @@ def _runs(model: nn.Module) -> None:
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name, reason", [("cspresnet50", "importance estimation raised IndexError"),
-                                          ("mixnet_s", "the pruned model fails: RuntimeError: split_with_sizes")])
+@pytest.mark.parametrize("name, reason", [("cspresnet50", "importance estimation raised IndexError")])
 def test_groups_torch_pruning_fails_on_are_skipped_and_the_rest_prunes(name, reason):
     model = _model(name)
     result = prune(model, torch.randn(1, 3, PX, PX), ratio=0.3)
@@ -136,3 +136,31 @@ def test_a_runaway_group_is_stopped_by_its_index_lists_length_with_the_time_budg
     assert all("in 0.5 s" in s.reason for s in by_time.skipped)
     assert (by_time.macs_after, by_time.channels_after) == (by_length.macs_after, by_length.channels_after)
     assert by_length.macs_after < by_length.macs_before
+
+
+def test_mixnet_mixed_convs_prune_through_their_splits_channel_for_channel():
+    """timm's MixedConv2d splits its input by its own ``splits``: after pruning they follow the sub-convs, and
+    every sub-conv holds exactly the kept channels of its part of the split (checked against the original weights
+    through the kept indices), so nothing is skipped."""
+    import copy
+
+    model = _model("mixnet_s")
+    reference = copy.deepcopy(model)
+    result = prune(model, torch.randn(1, 3, PX, PX), ratio=0.3)
+    assert result.skipped == [] and result.macs_after < 0.6 * result.macs_before
+    block, ref_block = model.blocks[5][1], reference.blocks[5][1]
+    mid = result.kept["blocks.5.1.conv_pw"]  # original indices of the expanded channels kept
+    offsets = [0, 300, 600, 900]  # conv_dw: four depthwise parts of 300, conv_pwl: two inputs of 600
+    dw = [offset + torch.as_tensor(result.kept[f"blocks.5.1.conv_dw.{i}"]) for i, offset in enumerate(offsets)]
+    assert torch.equal(torch.cat(dw), torch.as_tensor(mid))
+    assert block.conv_dw.splits == [len(part) for part in dw] and sum(block.conv_dw.splits) == len(mid)
+    for i, part in enumerate(dw):
+        assert torch.equal(block.conv_dw[str(i)].weight, ref_block.conv_dw[str(i)].weight[part - offsets[i]])
+    for j, offset in enumerate((0, 600)):
+        cols = torch.as_tensor([k - offset for k in mid if offset <= k < offset + 600])
+        conv = f"blocks.5.1.conv_pwl.{j}"
+        rows = torch.as_tensor(result.kept.get(conv, range(block.conv_pwl[str(j)].out_channels)))
+        want = ref_block.conv_pwl[str(j)].weight[rows][:, cols]
+        assert torch.equal(block.conv_pwl[str(j)].weight, want), j
+    assert block.conv_pwl.splits == [block.conv_pwl[str(j)].in_channels for j in range(2)]
+    _runs(model)
