@@ -10,8 +10,8 @@ from typing import Any
 
 from common import context_lines, fmt, md_table
 
-__all__ = ["quality_section", "recovery_section", "coverage_section", "overhead_section", "efficiency_section",
-           "parse_latency_table", "zero_shot_markdown", "zero_shot_section", "ZERO_SHOT_TARGETS"]
+__all__ = ["quality_section", "recovery_section", "coverage_section", "full_coverage_lines", "overhead_section",
+           "efficiency_section", "parse_latency_table", "zero_shot_markdown", "zero_shot_section", "ZERO_SHOT_TARGETS"]
 
 _METHOD_TEXT = {
     "tp": "(a) torch-pruning MagnitudePruner (L2, uniform) + plain fine-tune",
@@ -284,9 +284,29 @@ def _scope(layers: int | str) -> str:
     return "all of them" if layers == "all" else f"the {layers} smallest of each kind, to keep the sweep quick"
 
 
-def coverage_section(c: dict[str, Any] | None, run: dict[str, Any] | None, *, rerun: bool) -> str:
+def full_coverage_lines(full: dict[str, Any] | None) -> list[str]:
+    """The totals of the full sweep (every torchvision classifier and the seeded timm sample,
+    ``benchmarks/results/coverage_full/coverage.json``), with its own context; empty without one."""
+    if full is None:
+        return []
+    from coverage import totals  # deferred: imports compress' rewrite registry
+
+    lines = ["### Full sweep: every torchvision classifier and one timm convnet per family", ""]
+    lines += context_lines(full, seconds=full.get("seconds"))
+    if full.get("partial"):
+        lines.append(f"- sweep state: {full['partial']}")
+    lines += ["- table, every failure and skipped group: `benchmarks/results/coverage_full/coverage.md`", "",
+              "Totals:", "", *totals(full), ""]
+    return lines
+
+
+def coverage_section(c: dict[str, Any] | None, run: dict[str, Any] | None, *, rerun: bool,
+                     full: dict[str, Any] | None = None) -> str:
     lines = ["## 3. Coverage: torchvision classification models", ""]
     lines += _failed("Section 3", run if rerun else None)
+    lines += full_coverage_lines(full)
+    if full is not None:
+        lines += ["### The quick sweep (re-run by `benchmarks/run.py`)", ""]
     if c is None:
         return "\n".join(lines + ["No results yet: run `python benchmarks/coverage.py --quick`.", ""])
     lines += context_lines(c, seconds=c.get("seconds"))

@@ -105,6 +105,11 @@ def test_rendered_sections_say_slower_and_failures():
                     {"name": "huge", "status": "skipped: needs ~99 GiB > 24 GiB"}]}
     text = render.coverage_section(cov, None, rerun=False)
     assert "m / prune: Boom: bad" in text and "0/1 models passed" in text and "huge" in text
+    assert "Full sweep" not in text
+    full = {**cov, "quick": False, "partial": "timm: 3 of 9 models"}
+    text = render.coverage_section(cov, None, rerun=False, full=full)
+    assert text.index("### Full sweep") < text.index("### The quick sweep") < text.index("m / prune: Boom: bad")
+    assert "sweep state: timm: 3 of 9 models" in text and "\n".join(coverage.totals(full)) in text
 
 
 def test_coverage_totals_from_a_real_row():
