@@ -15,6 +15,9 @@ time:
    shape it had before;
 4. on any failure restores the snapshot exactly (parameters bit-identical) and records a :class:`SkippedGroup`.
 
+:meth:`GroupGuard.prune_all` runs step 3 once per :data:`CHECK_EVERY` groups and replays a batch whose check
+fails one group at a time, with the same outcome as checking after every group.
+
 :meth:`GroupGuard.watch` extends this to a tp ``BasePruner``: a group whose construction or importance raises is
 skipped too, and the pruner carries on with the other groups. A group whose construction does not finish within
 :data:`~.tp_compat.GROUP_BUDGET_S` (tp's index maps can loop, growing the index lists on every turn: timm's
@@ -27,7 +30,7 @@ import contextlib
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch_pruning as tp
@@ -40,7 +43,7 @@ from .dead import model_outputs
 from .tp_compat import RunawayGroup, bounded_group, prune_group
 from .where import describe_error, module_names
 
-__all__ = ["SkippedGroup", "Snapshot", "GroupGuard", "model_objects"]
+__all__ = ["SkippedGroup", "Snapshot", "GroupGuard", "model_objects", "CHECK_EVERY"]
 
 LOG = logging.getLogger(__name__)
 
@@ -163,6 +166,9 @@ def _recorded_groups() -> Any:
         tp_graph.Group = saved
 
 
+CHECK_EVERY = 8  # groups pruned between two check forward passes (a failed check replays them one by one)
+
+
 class GroupGuard:
     """Prunes torch-pruning groups of ``model`` one at a time, rolling back and skipping the ones that fail.
 
@@ -235,6 +241,76 @@ class GroupGuard:
         snapshot.restore()
         self._skip(root, problem)
         return False
+
+    def prune_all(self, graph: tp.DependencyGraph, groups: Iterable[Group], *,
+                  record: Callable[[Group], None] = lambda group: None, every: int | None = None) -> None:
+        """Prune ``groups`` (tp's interactive step, each built on the model as the previous ones left it) with
+        the outcome of :meth:`prune` one by one, but one check forward pass per ``every`` groups
+        (:data:`CHECK_EVERY`); ``record(group)`` for each group kept, in order.
+
+        The check is most of guarded pruning's time on deep models (60% on timm's ResNet-101). When a batch's
+        check fails, the batch is rolled back and replayed one group at a time; a group built after one that is
+        then skipped is built again on the model as it now is (its index maps may read the skipped group's
+        widths), so the result is the group-by-group one.
+        """
+        every = CHECK_EVERY if every is None else every
+        batch: list[tuple[Group, Snapshot]] = []
+        try:
+            for group in groups:
+                if not len(group) or getattr(group, "compress_skip", None):
+                    continue
+                if not self.check or every <= 1:
+                    if self.prune(graph, group):
+                        record(group)
+                    continue
+                snapshot = self._pruned(graph, group)
+                if snapshot is not None:
+                    batch.append((group, snapshot))
+                if len(batch) >= every:
+                    self._settle(graph, batch, record)
+                    batch = []
+            self._settle(graph, batch, record)
+        except BaseException:
+            for _, snapshot in reversed(batch):
+                snapshot.restore()
+            raise
+
+    def _pruned(self, graph: tp.DependencyGraph, group: Group) -> Snapshot | None:
+        """Prune ``group`` unchecked; its snapshot, or ``None`` when tp raised (rolled back and skipped)."""
+        with protected():
+            snapshot = Snapshot(_group_objects(graph, group))
+        try:
+            prune_group(graph, group)
+        except Exception as err:
+            snapshot.restore()
+            self._skip(self._root(group[0].dep.target.module),
+                       f"torch-pruning raised {describe_error(err, self.names)}")
+            return None
+        except BaseException:
+            snapshot.restore()
+            raise
+        return snapshot
+
+    def _settle(self, graph: tp.DependencyGraph, batch: list[tuple[Group, Snapshot]],
+                record: Callable[[Group], None]) -> None:
+        """Check the model once after ``batch``; on a failure roll it back and replay it group by group."""
+        if not batch:
+            return
+        if self.problem() is None:
+            for group, _ in batch:
+                record(group)
+            return
+        for _, snapshot in reversed(batch):
+            snapshot.restore()
+        stale = False  # a group built on a model where an earlier group of the batch was pruned, now skipped
+        for group, _ in batch:
+            if stale:
+                group = graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler,
+                                                list(group[0].root_idxs))
+            if self.prune(graph, group):
+                record(group)
+            else:
+                stale = True
 
     def _group(self, graph: tp.DependencyGraph, get_group: Any, module: nn.Module, pruning_fn: Any,
                idxs: Any) -> Group:

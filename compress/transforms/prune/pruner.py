@@ -263,9 +263,7 @@ class _Pruner:
         link_index_maps(pruner.DG)
         guard.watch(pruner)
         with tp_errors(model, "prune: torch-pruning's pruner"):
-            for group in pruner.step(interactive=True):
-                if guard.prune(pruner.DG, group):
-                    origins.record(group, names)
+            guard.prune_all(pruner.DG, pruner.step(interactive=True), record=lambda group: origins.record(group, names))
         model.zero_grad(set_to_none=True)
         return pruner.pruning_history(), guard.skipped
 

@@ -13,7 +13,7 @@ from compress.transforms.prune import tp_compat
 from compress.transforms.prune.guard import GroupGuard, SkippedGroup
 from compress.transforms.prune.pruner import prune
 from compress.transforms.prune.tp_compat import build_graph, prune_group
-from unprunable_models import MixNet
+from unprunable_models import FixedSplitConv, MixNet
 
 
 class SplitNet(nn.Module):
@@ -265,3 +265,63 @@ def test_a_runaway_group_construction_is_stopped_once_and_skipped(monkeypatch):
     assert model.c3.out_channels < 16 and model.stem.out_channels < 8  # the other groups pruned
     with torch.no_grad():
         assert model(x).shape == (1, 10)
+
+
+class _MixStack(nn.Module):
+    """stem, then three times (fixed split conv -> 1x1 expand -> 1x1 reduce): groups that fail the check (each
+    split's producer) between groups that prune, more than one batch of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.mixes = nn.ModuleList(FixedSplitConv(16) for _ in range(3))
+        self.expand = nn.ModuleList(nn.Conv2d(16, 24, 1) for _ in range(3))
+        self.reduce = nn.ModuleList(nn.Conv2d(24, 16, 1) for _ in range(3))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))
+        for mix, expand, reduce in zip(self.mixes, self.expand, self.reduce):
+            x = torch.relu(reduce(torch.relu(expand(mix(x)))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("every", [2, 3, 8, 64])
+def test_checking_every_few_groups_gives_the_group_by_group_result(monkeypatch, every):
+    """One check per ``every`` groups, a failed check replaying its batch one by one: the same pruned model
+    (bit for bit), the same skipped groups and reasons as a check after every group."""
+    torch.manual_seed(0)
+    model = _randomise(_MixStack())
+    x = torch.randn(1, 3, 16, 16)
+    by_one, batched = copy.deepcopy(model), copy.deepcopy(model)
+    checks = {1: 0, every: 0}
+    real = GroupGuard.problem
+
+    def counted(self):
+        checks[guard_module.CHECK_EVERY] += 1
+        return real(self)
+
+    monkeypatch.setattr(GroupGuard, "problem", counted)
+    monkeypatch.setattr(guard_module, "CHECK_EVERY", 1)
+    one = prune(by_one, x, ratio=0.3)
+    monkeypatch.setattr(guard_module, "CHECK_EVERY", every)
+    many = prune(batched, x, ratio=0.3)
+    assert checks[1] > 0 and checks[every] > 0
+    assert len(one.skipped) >= 2 and [(s.root, s.reason) for s in many.skipped] == \
+        [(s.root, s.reason) for s in one.skipped]
+    assert (many.macs_after, many.channels_after, many.kept) == (one.macs_after, one.channels_after, one.kept)
+    _assert_identical(batched, by_one)
+    assert many.macs_after < many.macs_before
+
+
+def test_a_model_whose_groups_all_pass_is_checked_once_per_batch(monkeypatch):
+    layers = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()]
+    for _ in range(9):
+        layers += [nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()]
+    model = _randomise(nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)))
+    checks = []
+    real = GroupGuard.problem
+    monkeypatch.setattr(GroupGuard, "problem", lambda self: checks.append(1) or real(self))
+    result = prune(model, torch.randn(1, 3, 8, 8), ratio=0.3)
+    assert result.skipped == [] and result.macs_after < 0.6 * result.macs_before
+    assert len(checks) == 2  # 10 groups: one batch of CHECK_EVERY = 8, one of 2
