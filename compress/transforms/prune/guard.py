@@ -267,9 +267,10 @@ class GroupGuard:
                 if snapshot is not None:
                     batch.append((group, snapshot))
                 if len(batch) >= every:
-                    self._settle(graph, batch, record)
-                    batch = []
-            self._settle(graph, batch, record)
+                    done, batch = batch, []  # _settle owns it now: restored there, never twice
+                    self._settle(graph, done, record)
+            done, batch = batch, []
+            self._settle(graph, done, record)
         except BaseException:
             for _, snapshot in reversed(batch):
                 snapshot.restore()
@@ -296,7 +297,13 @@ class GroupGuard:
         """Check the model once after ``batch``; on a failure roll it back and replay it group by group."""
         if not batch:
             return
-        if self.problem() is None:
+        try:
+            problem = self.problem()
+        except BaseException:  # an interrupt or a time budget's expiry during the check
+            for _, snapshot in reversed(batch):
+                snapshot.restore()
+            raise
+        if problem is None:
             for group, _ in batch:
                 record(group)
             return
