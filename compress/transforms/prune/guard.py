@@ -40,7 +40,7 @@ from torch_pruning.dependency import Dependency, Group
 
 from .budget import protected
 from .dead import model_outputs
-from .tp_compat import RunawayGroup, bounded_group, prune_group
+from .tp_compat import RunawayGroup, bounded_group, prune_group, sync_widths
 from .where import describe_error, module_names
 
 __all__ = ["SkippedGroup", "Snapshot", "GroupGuard", "model_objects", "CHECK_EVERY"]
@@ -234,13 +234,19 @@ class GroupGuard:
         except Exception as err:
             problem = f"torch-pruning raised {describe_error(err, self.names)}"
         except BaseException:
-            snapshot.restore()
+            self._restore(snapshot)
             raise
         if problem is None:
             return True
-        snapshot.restore()
+        self._restore(snapshot)
         self._skip(root, problem)
         return False
+
+    def _restore(self, *snapshots: Snapshot) -> None:
+        """Restore ``snapshots`` in the order given, then the model's width attributes (:func:`sync_widths`)."""
+        for snapshot in snapshots:
+            snapshot.restore()
+        sync_widths(self.model)
 
     def prune_all(self, graph: tp.DependencyGraph, groups: Iterable[Group], *,
                   record: Callable[[Group], None] = lambda group: None, every: int | None = None) -> None:
@@ -272,8 +278,7 @@ class GroupGuard:
             done, batch = batch, []
             self._settle(graph, done, record)
         except BaseException:
-            for _, snapshot in reversed(batch):
-                snapshot.restore()
+            self._restore(*(snapshot for _, snapshot in reversed(batch)))
             raise
 
     def _pruned(self, graph: tp.DependencyGraph, group: Group) -> Snapshot | None:
@@ -283,12 +288,12 @@ class GroupGuard:
         try:
             prune_group(graph, group)
         except Exception as err:
-            snapshot.restore()
+            self._restore(snapshot)
             self._skip(self._root(group[0].dep.target.module),
                        f"torch-pruning raised {describe_error(err, self.names)}")
             return None
         except BaseException:
-            snapshot.restore()
+            self._restore(snapshot)
             raise
         return snapshot
 
@@ -300,15 +305,13 @@ class GroupGuard:
         try:
             problem = self.problem()
         except BaseException:  # an interrupt or a time budget's expiry during the check
-            for _, snapshot in reversed(batch):
-                snapshot.restore()
+            self._restore(*(snapshot for _, snapshot in reversed(batch)))
             raise
         if problem is None:
             for group, _ in batch:
                 record(group)
             return
-        for _, snapshot in reversed(batch):
-            snapshot.restore()
+        self._restore(*(snapshot for _, snapshot in reversed(batch)))
         stale = False  # a group built on a model where an earlier group of the batch was pruned, now skipped
         for group, _ in batch:
             if stale:

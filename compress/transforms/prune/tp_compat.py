@@ -55,7 +55,7 @@ from .where import tp_errors
 
 __all__ = ["GROUP_BUDGET_S", "RUNAWAY", "RunawayGroup", "bounded_group", "index_limit", "channel_agnostic_gates",
            "ShuffleV2Block", "swap_shufflenet_blocks", "ChannelShufflePruner", "ChannelPermutePruner",
-           "shuffle_permutation", "channel_groups", "WIDTH_ATTRIBUTES",
+           "shuffle_permutation", "channel_groups", "WIDTH_ATTRIBUTES", "sync_widths",
            "customized_pruners", "traceable", "link_index_maps", "order_split_outputs", "build_graph",
            "GRAPH_BUILDING", "GRAPH_HINT", "OUT_CHANNEL_FNS", "out_channel_items", "ChannelOrigins", "prune_group",
            "replay_history"]
@@ -574,6 +574,13 @@ def _mixed_conv_splits(model: nn.Module) -> None:
 WIDTH_ATTRIBUTES: tuple[Callable[[nn.Module], None], ...] = (_vit_hidden_dim, _mixed_conv_splits)
 
 
+def sync_widths(model: nn.Module) -> None:
+    """Bring every :data:`WIDTH_ATTRIBUTES` attribute of ``model`` up to date with its layers (idempotent: also
+    after a rolled-back group, whose snapshot does not hold these attributes)."""
+    for update in WIDTH_ATTRIBUTES:
+        update(model)
+
+
 def prune_group(graph: "tp.DependencyGraph", group: Any) -> None:
     """``group.prune()``, then refresh the split offsets tp 1.6 leaves stale.
 
@@ -591,8 +598,7 @@ def prune_group(graph: "tp.DependencyGraph", group: Any) -> None:
     for (conv, removed), width in zip(gains, widths):
         keep = [i for i in range(width) if i not in removed]
         conv.gain = graph.get_pruner_of_module(conv)._prune_parameter_and_grad(conv.gain, keep, 0)
-    for update in WIDTH_ATTRIBUTES:
-        update(graph.model)
+    sync_widths(graph.model)
     for node in graph.module2node.values():
         sizes = getattr(node.module, "split_sizes", None) if node.type == tp.ops.OPTYPE.SPLIT else None
         if sizes is not None:

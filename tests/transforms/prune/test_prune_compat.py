@@ -328,3 +328,28 @@ def test_a_vit_prunes_its_residual_stream_by_the_same_positions_of_every_head():
     with torch.no_grad():
         out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_a_rolled_back_vit_group_leaves_hidden_dim_at_the_restored_width(monkeypatch):
+    """The residual-stream group prunes (``hidden_dim`` follows), then fails: its rollback restores the layers
+    and ``hidden_dim`` with them."""
+    from compress.transforms.prune import guard as guard_module
+    from compress.transforms.prune.guard import GroupGuard
+
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                                 hidden_dim=32, mlp_dim=64, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    real = guard_module.prune_group
+
+    def failing(graph, group):
+        real(graph, group)
+        assert model.hidden_dim == model.conv_proj.out_channels == 28  # pruned, and followed
+        raise RuntimeError("planted failure after the residual group pruned")
+
+    monkeypatch.setattr(guard_module, "prune_group", failing)
+    graph = build_graph(model, x)
+    group = graph.get_pruning_group(model.conv_proj, tp.prune_conv_out_channels, [0, 8, 16, 24])
+    assert not GroupGuard(model, x).prune(graph, group)
+    assert model.conv_proj.out_channels == model.hidden_dim == 32
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -164,3 +164,30 @@ def test_mixnet_mixed_convs_prune_through_their_splits_channel_for_channel():
         assert torch.equal(block.conv_pwl[str(j)].weight, want), j
     assert block.conv_pwl.splits == [block.conv_pwl[str(j)].in_channels for j in range(2)]
     _runs(model)
+
+
+def test_a_rolled_back_group_through_a_mixed_conv_restores_its_splits(monkeypatch):
+    """A group through a MixedConv2d prunes (its ``splits`` follow), then fails: the rollback restores the
+    sub-convs, and the guard re-syncs ``splits`` (the MixedConv2d itself is no node of the group's snapshot)."""
+    import torch_pruning as tp
+
+    from compress.transforms.prune import guard as guard_module
+    from compress.transforms.prune.guard import GroupGuard
+    from compress.transforms.prune.tp_compat import build_graph
+
+    model = _model("mixnet_s")
+    x = torch.randn(1, 3, PX, PX)
+    mixed = model.blocks[5][1].conv_dw
+    real = guard_module.prune_group
+
+    def failing(graph, group):
+        real(graph, group)
+        assert mixed.splits == [299, 300, 300, 300]  # pruned, and followed
+        raise RuntimeError("planted failure after the group pruned")
+
+    monkeypatch.setattr(guard_module, "prune_group", failing)
+    graph = build_graph(model, x)
+    group = graph.get_pruning_group(model.blocks[5][1].conv_pw, tp.prune_conv_out_channels, [0])
+    assert not GroupGuard(model, x).prune(graph, group)
+    assert mixed.splits == [300, 300, 300, 300] and mixed["0"].in_channels == 300
+    _runs(model)
