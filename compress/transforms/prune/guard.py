@@ -225,22 +225,24 @@ class GroupGuard:
         """
         if not len(group) or getattr(group, "compress_skip", None):
             return False
-        root = self._root(group[0].dep.target.module)
-        with protected():
-            snapshot = Snapshot(_group_objects(graph, group))
-        try:
-            prune_group(graph, group)
-            problem = self.problem() if self.check else None
-        except Exception as err:
-            problem = f"torch-pruning raised {describe_error(err, self.names)}"
-        except BaseException:
-            self._restore(snapshot)
-            raise
+        snapshot = self._pruned(graph, group)
+        if snapshot is None:
+            return False
+        problem = self._checked([snapshot]) if self.check else None
         if problem is None:
             return True
         self._restore(snapshot)
-        self._skip(root, problem)
+        self._skip(self._root(group[0].dep.target.module), problem)
         return False
+
+    def _checked(self, snapshots: list[Snapshot]) -> str | None:
+        """:meth:`problem`, restoring ``snapshots`` (newest first) when the check itself is interrupted (a time
+        budget's expiry) before re-raising."""
+        try:
+            return self.problem()
+        except BaseException:
+            self._restore(*snapshots)
+            raise
 
     def _restore(self, *snapshots: Snapshot) -> None:
         """Restore ``snapshots`` in the order given, then the model's width attributes (:func:`sync_widths`)."""
@@ -302,16 +304,12 @@ class GroupGuard:
         """Check the model once after ``batch``; on a failure roll it back and replay it group by group."""
         if not batch:
             return
-        try:
-            problem = self.problem()
-        except BaseException:  # an interrupt or a time budget's expiry during the check
-            self._restore(*(snapshot for _, snapshot in reversed(batch)))
-            raise
-        if problem is None:
+        snapshots = [snapshot for _, snapshot in reversed(batch)]
+        if self._checked(snapshots) is None:
             for group, _ in batch:
                 record(group)
             return
-        self._restore(*(snapshot for _, snapshot in reversed(batch)))
+        self._restore(*snapshots)
         stale = False  # a group built on a model where an earlier group of the batch was pruned, now skipped
         for group, _ in batch:
             if stale:

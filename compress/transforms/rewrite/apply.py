@@ -38,6 +38,7 @@ from .registry import (KindOptions, RewriteConfig, apply_config, config_for_kind
                        replace_modules)
 from .selection import LayerSelection, split_options
 from ..prune.tp_compat import build_graph
+from ..prune.where import describe_error, module_names
 
 __all__ = ["RewriteRecord", "LayerSelection", "rewrite", "conv_macs", "FORWARD_FAILS"]
 
@@ -316,7 +317,7 @@ def _forward_failure(model: nn.Module, x: torch.Tensor) -> str | None:
         with torch.no_grad(), evaluating(model):
             model(x)
     except Exception as err:  # noqa: BLE001 - the user's own forward: whatever it raises is the reason
-        return f"{type(err).__name__}: {err}"
+        return describe_error(err, module_names(model))
     return None
 
 
