@@ -445,20 +445,33 @@ def _index_lists_within(limit: int | None) -> Iterator[None]:
     if limit is None:
         yield
         return
+    def runaway(length: int) -> RunawayGroup:
+        return RunawayGroup(f"{RUNAWAY}: an index list grew to {length} entries, past the largest dimension of "
+                            f"the model ({limit}; its index maps grow on every turn of a cycle)")
+
     base = tp_graph.Group
 
     class Bounded(base):  # type: ignore[misc, valid-type]
         def add_dep(self, dep: Any, idxs: Any) -> None:
             if len(idxs) > limit:
-                raise RunawayGroup(f"{RUNAWAY}: an index list grew to {len(idxs)} entries, past the largest "
-                                   f"dimension of the model ({limit}; its index maps grow on every turn of a cycle)")
+                raise runaway(len(idxs))
             super().add_dep(dep, idxs)
 
-    tp_graph.Group = Bounded
+    flatten = tp_index_mapping._FlattenIndexMapping
+    expand = flatten.__call__
+
+    def bounded_expand(self: Any, idxs: Any) -> Any:
+        # a flatten map turns each channel into `stride` features: checked before the list is built, since one
+        # turn of timm's global-context cycle asks for C * C entries (1.5 M on gc_efficientnetv2_rw_t, ~1 s)
+        if not self.reverse and len(idxs) * self._stride > limit:
+            raise runaway(len(idxs) * self._stride)
+        return expand(self, idxs)
+
+    tp_graph.Group, flatten.__call__ = Bounded, bounded_expand
     try:
         yield
     finally:
-        tp_graph.Group = base
+        tp_graph.Group, flatten.__call__ = base, expand
 
 
 def bounded_group(get_group: Callable[..., Any], module: nn.Module, pruning_fn: Any, idxs: Any) -> Any:

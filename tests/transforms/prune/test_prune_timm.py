@@ -138,6 +138,28 @@ def test_a_runaway_group_is_stopped_by_its_index_lists_length_with_the_time_budg
     assert by_length.macs_after < by_length.macs_before
 
 
+def test_a_flatten_map_that_would_outgrow_the_model_is_refused_before_its_list_is_built():
+    """One turn of the global-context cycle asks tp's flatten map for C * C entries (1.5 M, ~1 s of pure Python
+    on gc_efficientnetv2_rw_t): the bound refuses it from the lengths alone; maps within it, and reverse maps,
+    are tp's own, and leaving the bound restores tp's map."""
+    from torch_pruning import _helpers
+    from torch_pruning.dependency import index_mapping
+
+    from compress.transforms.prune import tp_compat
+
+    idxs = [_helpers._HybridIndex(idx=i, root_idx=i) for i in range(3)]
+    expand, shrink = index_mapping._FlattenIndexMapping(stride=4), index_mapping._FlattenIndexMapping(4, True)
+    plain = index_mapping._FlattenIndexMapping.__call__
+    with tp_compat._index_lists_within(12):
+        assert [i.idx for i in expand(idxs)] == list(range(12))  # 3 * 4 = 12 <= 12: built as tp builds it
+        assert sorted(i.idx for i in shrink(expand(idxs))) == [0, 1, 2]
+        with pytest.raises(tp_compat.RunawayGroup, match="grew to 16 entries, past the largest dimension of "
+                                                         r"the model \(12;"):
+            expand(idxs + [_helpers._HybridIndex(idx=3, root_idx=3)])
+    assert index_mapping._FlattenIndexMapping.__call__ is plain
+    assert len(expand([_helpers._HybridIndex(idx=i, root_idx=i) for i in range(4)])) == 16  # unbounded again
+
+
 def test_mixnet_mixed_convs_prune_through_their_splits_channel_for_channel():
     """timm's MixedConv2d splits its input by its own ``splits``: after pruning they follow the sub-convs, and
     every sub-conv holds exactly the kept channels of its part of the split (checked against the original weights
