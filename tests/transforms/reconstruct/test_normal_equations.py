@@ -8,6 +8,10 @@ from compress.errors import CompressError
 from compress.transforms.reconstruct import NormalEquations
 
 TOL = 1e-8  # float64 end to end: recovery is limited by rounding, far below this
+# relative_error is read from the accumulated moments (sum y^2 - 2 <Wx + b, y> + ||Wx + b||^2): at an exact fit the
+# cancellation leaves ~eps * sum y^2, so its floor is ~sqrt(eps) = 1.5e-8 (measured 1.42e-8 in a CI run); an inexact
+# fit is orders above this bound
+MOMENT_TOL = 1e-6
 
 
 def _data(n=400, d=7, o=3, systems=None):
@@ -25,8 +29,8 @@ def test_exact_recovery_of_a_known_affine_map():
     sol = eq.solve(ridge=0.0)
     assert sol.ok and sol.weight.shape == (3, 7) and sol.bias.shape == (3,)
     assert torch.allclose(sol.weight, w, atol=TOL, rtol=0) and torch.allclose(sol.bias, b, atol=TOL, rtol=0)
-    assert eq.relative_error(sol.weight, sol.bias) < TOL
-    assert eq.relative_error(w, b) < TOL
+    assert eq.relative_error(sol.weight, sol.bias) < MOMENT_TOL
+    assert eq.relative_error(w, b) < MOMENT_TOL
     assert eq.relative_error(torch.zeros_like(w)) == pytest.approx(1.0, abs=1e-12)
 
 
