@@ -439,9 +439,10 @@ def index_limit(graph: Any) -> int | None:
 @contextlib.contextmanager
 def _index_lists_within(limit: int | None) -> Iterator[None]:
     """While active, a group torch-pruning creates raises :class:`RunawayGroup` as soon as one of its items gets
-    more than ``limit`` indices (tp's indices of one tensor dimension are distinct and below its size, so a
-    longer list is a cycle growing it: measured on Swin-V2 and timm's GC nets, it passes 4x the limit within
-    0.3-0.5 s, where a legitimate group never exceeds it)."""
+    more than ``limit`` indices, or a flatten map is asked to build more than ``limit`` (checked from the lengths,
+    before building a list that alone can take a second). tp's indices of one tensor dimension are distinct and
+    below its size, so a longer list is a cycle growing it: measured on Swin-V2 and timm's GC nets, it passes 4x
+    the limit within 0.3-0.5 s, where a legitimate group never exceeds it."""
     if limit is None:
         yield
         return
