@@ -446,6 +446,7 @@ def _index_lists_within(limit: int | None) -> Iterator[None]:
     if limit is None:
         yield
         return
+
     def runaway(length: int) -> RunawayGroup:
         return RunawayGroup(f"{RUNAWAY}: an index list grew to {length} entries, past the largest dimension of "
                             f"the model ({limit}; its index maps grow on every turn of a cycle)")
